@@ -1,0 +1,163 @@
+"""Which tasks reach which part of the autograd graph.
+
+One pass over the graph below the losses labels every node with the set of tasks (a bitmask)
+whose loss reaches it, in topological order. From the labels:
+
+* the **exclusive region** of task ``i`` is the set of nodes only task ``i`` reaches (its head);
+* the **common region** is what two or more tasks reach (the trunk);
+* the **boundary** of task ``i`` is the set of edges from its exclusive region into the common
+  region: where the task's gradient enters the trunk;
+* **leaves** (parameters) are attributed to the tasks that reach them.
+
+The engine back-propagates each task through its own head once (to its boundary), then
+differentiates the trunk for all tasks at once from the boundary. The ``T x T`` wasted work of
+back-propagating every task through every head is never done.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from torch import Tensor
+from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
+
+Edge = tuple[Node, int]
+
+
+def edge_of(tensor: Tensor) -> Edge:
+    gradient_edge = get_gradient_edge(tensor)
+    return gradient_edge.node, gradient_edge.output_nr
+
+
+def as_gradient_edge(edge: Edge) -> GradientEdge:
+    return GradientEdge(edge[0], edge[1])
+
+
+def popcount(mask: int) -> int:
+    return bin(mask).count("1")
+
+
+@dataclass
+class TaskGraph:
+    """The labelled graph below ``T`` losses."""
+
+    num_tasks: int
+    #: id(leaf tensor) -> (tensor, bitmask of the tasks that reach it)
+    leaves: dict[int, tuple[Tensor, int]] = field(default_factory=dict)
+    #: per task, the edges through which its gradient enters the common region
+    boundary: list[list[Edge]] = field(default_factory=list)
+    #: per task, the leaves reached from its exclusive region (directly, not through the trunk)
+    direct_leaves: list[list[Tensor]] = field(default_factory=list)
+    #: leaves reached from the common region
+    common_leaves: list[Tensor] = field(default_factory=list)
+    #: per cut edge (``features=``), the bitmask of tasks that reach it
+    cut_masks: dict[Edge, int] = field(default_factory=dict)
+
+    def leaf_mask(self, tensor: Tensor) -> int:
+        entry = self.leaves.get(id(tensor))
+        return 0 if entry is None else entry[1]
+
+
+def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> TaskGraph:
+    """Label the graph below ``roots`` (one edge per task, ``None`` for a constant loss).
+
+    Traversal stops at ``cut_edges`` (the ``features=`` tensors), recording which tasks reach them.
+    """
+    cuts = cut_edges or set()
+    T = len(roots)
+    children: dict[Node, list[Edge]] = {}
+    indegree: dict[Node, int] = {}
+    stack: list[Node] = []
+    for root in roots:
+        if root is not None and root[0] not in children:
+            children[root[0]] = []
+            indegree[root[0]] = 0
+            stack.append(root[0])
+    cut_parents: dict[Node, list[Edge]] = {}
+    while stack:
+        node = stack.pop()
+        kept = []
+        for child, nr in node.next_functions:
+            if child is None:
+                continue
+            if (child, nr) in cuts:
+                cut_parents.setdefault(node, []).append((child, nr))
+                continue
+            kept.append((child, nr))
+            if child not in children:
+                children[child] = []
+                indegree[child] = 0
+                stack.append(child)
+            indegree[child] += 1
+        children[node] = kept
+
+    masks: dict[Node, int] = dict.fromkeys(children, 0)
+    graph = TaskGraph(T, boundary=[[] for _ in range(T)], direct_leaves=[[] for _ in range(T)])
+    root_cuts: list[tuple[int, Edge]] = []
+    for i, root in enumerate(roots):
+        if root is None:
+            continue
+        if root in cuts:
+            root_cuts.append((i, root))
+            continue
+        masks[root[0]] |= 1 << i
+    queue = deque(node for node, degree in indegree.items() if degree == 0)
+    order: list[Node] = []
+    while queue:
+        node = queue.popleft()
+        order.append(node)
+        mask = masks[node]
+        for child, _ in children[node]:
+            masks[child] |= mask
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                queue.append(child)
+
+    for i, edge in root_cuts:
+        graph.cut_masks[edge] = graph.cut_masks.get(edge, 0) | (1 << i)
+    boundary_sets: list[set[Edge]] = [set() for _ in range(T)]
+    common_leaf_ids: set[int] = set()
+    direct_leaf_ids: list[set[int]] = [set() for _ in range(T)]
+    for node in order:
+        mask = masks[node]
+        if mask == 0:
+            continue
+        for edge in cut_parents.get(node, ()):
+            graph.cut_masks[edge] = graph.cut_masks.get(edge, 0) | mask
+        variable = getattr(node, "variable", None)
+        if variable is not None:  # AccumulateGrad: a leaf
+            graph.leaves[id(variable)] = (variable, mask)
+        exclusive = popcount(mask) == 1
+        task = mask.bit_length() - 1
+        for child, nr in children[node]:
+            child_variable = getattr(child, "variable", None)
+            if child_variable is not None:
+                if exclusive:
+                    if id(child_variable) not in direct_leaf_ids[task]:
+                        direct_leaf_ids[task].add(id(child_variable))
+                        graph.direct_leaves[task].append(child_variable)
+                elif id(child_variable) not in common_leaf_ids:
+                    common_leaf_ids.add(id(child_variable))
+                    graph.common_leaves.append(child_variable)
+            elif exclusive and popcount(masks[child]) > 1 and (child, nr) not in boundary_sets[task]:
+                boundary_sets[task].add((child, nr))
+                graph.boundary[task].append((child, nr))
+    # A root that the losses share (e.g. the entries of one loss vector) is itself the boundary.
+    for i, root in enumerate(roots):
+        if root is None or root in cuts:
+            continue
+        node = root[0]
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            if popcount(masks[node]) == 1:
+                if id(variable) not in direct_leaf_ids[i]:
+                    direct_leaf_ids[i].add(id(variable))
+                    graph.direct_leaves[i].append(variable)
+            elif id(variable) not in common_leaf_ids:
+                common_leaf_ids.add(id(variable))
+                graph.common_leaves.append(variable)
+        elif popcount(masks[node]) > 1 and root not in boundary_sets[i]:
+            boundary_sets[i].add(root)
+            graph.boundary[i].append(root)
+    return graph

@@ -1,0 +1,269 @@
+"""The ``Aggregator`` contract.
+
+An aggregator maps the ``T x n`` Jacobian ``J`` (one row per task: the gradient of that task's
+loss) to one update direction ``d`` of ``n`` entries. It declares, through :attr:`Aggregator.needs`,
+the cheapest input it can work from, so that :func:`mtlagg.backward` computes no more than that:
+
+* :attr:`Needs.LOSSES`   - the weights depend on the loss values alone (or on nothing): the engine
+  runs one ordinary backward of ``sum_i w_i L_i``;
+* :attr:`Needs.GRAMIAN`  - the weights depend on the ``T x T`` Gramian ``G = J J^T`` (and possibly
+  on the losses); ``d = w^T J``;
+* :attr:`Needs.JACOBIAN` - the direction needs the whole matrix (coordinate-wise methods, or
+  methods with Jacobian-sized memory).
+
+A :class:`WeightedAggregator` returns ``d = w^T J`` and exposes ``w`` through :meth:`weights`.
+
+Conventions:
+
+* Stateless aggregators are pure: same input, same output. Randomness only comes from the
+  ``torch.Generator`` given at construction.
+* Aggregators with memory implement :meth:`state_dict`, :meth:`load_state_dict` and :meth:`reset`,
+  as ``torch.optim`` optimizers do; saving after ``k`` steps, loading into a fresh object and going
+  on reproduces the uninterrupted run.
+* The direction has the dtype and device of ``J``. Small ``T x T`` problems are solved in float64
+  whatever the input dtype; the Gramian of a float16/bfloat16 Jacobian is formed in float32.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+
+class Needs(enum.IntEnum):
+    """What an aggregator must see, from cheapest to most expensive."""
+
+    LOSSES = 0
+    GRAMIAN = 1
+    JACOBIAN = 2
+
+
+def compute_gramian(jacobian: Tensor) -> Tensor:
+    """``J J^T``, formed in at least float32 (float16 Gramians overflow at moderate scales)."""
+    matrix = jacobian if jacobian.dtype in (torch.float32, torch.float64) else jacobian.float()
+    return matrix @ matrix.T
+
+
+class AggregatorInput:
+    """What an aggregator may look at for one step.
+
+    The engine fills in what the aggregator declared it needs; :attr:`gramian` is derived from
+    :attr:`jacobian` on first access when only the Jacobian was given.
+    """
+
+    __slots__ = ("_gramian", "input_values", "jacobian", "losses", "num_tasks")
+
+    def __init__(
+        self,
+        num_tasks: int,
+        *,
+        losses: Tensor | None = None,
+        gramian: Tensor | None = None,
+        jacobian: Tensor | None = None,
+        input_values: Tensor | None = None,
+    ) -> None:
+        self.num_tasks = num_tasks
+        self.losses = losses
+        self._gramian = gramian
+        self.jacobian = jacobian
+        self.input_values = input_values
+
+    @property
+    def gramian(self) -> Tensor:
+        if self._gramian is None:
+            if self.jacobian is None:
+                raise ValueError(
+                    "this aggregator needs the Gramian, and neither the Gramian nor the Jacobian was given"
+                )
+            self._gramian = compute_gramian(self.jacobian)
+        return self._gramian
+
+    @property
+    def has_gramian(self) -> bool:
+        return self._gramian is not None or self.jacobian is not None
+
+    def reference(self) -> Tensor | None:
+        """A tensor whose dtype and device the weights should follow."""
+        for candidate in (self._gramian, self.jacobian, self.losses):
+            if candidate is not None:
+                return candidate
+        return None
+
+
+def _check_finite(tensor: Tensor, what: str) -> None:
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        if tensor.dim() >= 1:
+            rows = torch.nonzero(~finite.reshape(tensor.shape[0], -1).all(dim=1)).flatten().tolist()
+            raise ValueError(f"{what} holds NaN or Inf in the rows of tasks {rows}")
+        raise ValueError(f"{what} holds NaN or Inf")
+
+
+class Aggregator(ABC):
+    """Maps a ``T x n`` Jacobian to an update direction of ``n`` entries."""
+
+    needs: ClassVar[Needs] = Needs.JACOBIAN
+    #: also reads the loss values (``losses=`` must be given).
+    uses_losses: ClassVar[bool] = False
+    #: also reads the values of the tensors the Jacobian was taken with respect to.
+    uses_input_values: ClassVar[bool] = False
+    #: the direction never conflicts with a task gradient (``J d >= 0``).
+    non_conflicting: ClassVar[bool] = False
+
+    def __call__(
+        self,
+        jacobian: Tensor,
+        *,
+        losses: Tensor | None = None,
+        input_values: Tensor | None = None,
+    ) -> Tensor:
+        """Aggregate ``jacobian`` (``T x n``) into a direction of ``n`` entries."""
+        if not isinstance(jacobian, Tensor):
+            raise TypeError(f"the Jacobian must be a torch.Tensor, got {type(jacobian).__name__}")
+        if jacobian.dim() != 2:
+            raise ValueError(f"the Jacobian must be a T x n matrix, got shape {tuple(jacobian.shape)}")
+        if not jacobian.is_floating_point():
+            raise TypeError(f"the Jacobian must be floating point, got {jacobian.dtype}")
+        if jacobian.shape[0] == 0:
+            raise ValueError("the Jacobian has no rows: aggregation needs at least one task")
+        _check_finite(jacobian, "the Jacobian")
+        losses = self._checked_losses(losses, jacobian.shape[0])
+        if self.uses_input_values:
+            if input_values is None:
+                raise ValueError(f"{type(self).__name__} needs input_values= (the values the Jacobian was taken at)")
+            if input_values.shape != (jacobian.shape[1],):
+                raise ValueError(
+                    f"input_values must have shape ({jacobian.shape[1]},), got {tuple(input_values.shape)}"
+                )
+        inputs = AggregatorInput(jacobian.shape[0], losses=losses, jacobian=jacobian, input_values=input_values)
+        return self.compute_direction(inputs)
+
+    def _checked_losses(self, losses: Tensor | None, num_tasks: int) -> Tensor | None:
+        if losses is None:
+            if self.uses_losses:
+                raise ValueError(f"{type(self).__name__} needs the loss values: pass losses=")
+            return None
+        if not isinstance(losses, Tensor):
+            losses = torch.as_tensor(losses)
+        losses = losses.detach()
+        if losses.shape != (num_tasks,):
+            raise ValueError(f"losses must have shape ({num_tasks},), one per task, got {tuple(losses.shape)}")
+        _check_finite(losses, "losses")
+        return losses
+
+    @abstractmethod
+    def compute_direction(self, inputs: AggregatorInput) -> Tensor:
+        """The direction, from inputs already validated (``inputs.jacobian`` is set)."""
+
+    # -- state, with the conventions of torch.optim ------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The aggregator's memory; empty for stateless aggregators."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            raise ValueError(f"{type(self).__name__} is stateless; cannot load state {sorted(state_dict)}")
+
+    def reset(self) -> None:  # noqa: B027 - stateless aggregators have nothing to reset
+        """Forget all memory (no-op for stateless aggregators)."""
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class WeightedAggregator(Aggregator):
+    """An aggregator of the form ``d = w^T J``; :meth:`weights` exposes ``w``."""
+
+    needs: ClassVar[Needs] = Needs.GRAMIAN
+
+    def weights(
+        self,
+        gramian: Tensor | None = None,
+        *,
+        losses: Tensor | None = None,
+        num_tasks: int | None = None,
+    ) -> Tensor:
+        """The ``T`` weights, from the Gramian (or from the losses / ``num_tasks`` alone for
+        aggregators that need neither)."""
+        if self.needs >= Needs.JACOBIAN:
+            raise ValueError(f"{type(self).__name__} needs the whole Jacobian: use weights_from_jacobian")
+        if gramian is not None:
+            if gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1]:
+                raise ValueError(f"the Gramian must be a square T x T matrix, got shape {tuple(gramian.shape)}")
+            if gramian.shape[0] == 0:
+                raise ValueError("the Gramian is empty: aggregation needs at least one task")
+            _check_finite(gramian, "the Gramian")
+            num_tasks = self._agree(num_tasks, gramian.shape[0], "the Gramian")
+        elif self.needs >= Needs.GRAMIAN:
+            raise ValueError(f"{type(self).__name__} computes its weights from the Gramian: pass it")
+        if losses is not None:
+            num_tasks = self._agree(num_tasks, torch.as_tensor(losses).shape[0], "losses")
+        if num_tasks is None:
+            raise ValueError("pass the Gramian, the losses or num_tasks so that the number of tasks is known")
+        if num_tasks < 1:
+            raise ValueError(f"aggregation needs at least one task, got num_tasks={num_tasks}")
+        losses = self._checked_losses(losses, num_tasks)
+        return self.compute_weights(AggregatorInput(num_tasks, losses=losses, gramian=gramian))
+
+    def weights_from_jacobian(self, jacobian: Tensor, *, losses: Tensor | None = None) -> Tensor:
+        """The ``T`` weights computed from the whole Jacobian."""
+        if jacobian.dim() != 2 or jacobian.shape[0] == 0:
+            raise ValueError(f"the Jacobian must be a non-empty T x n matrix, got shape {tuple(jacobian.shape)}")
+        _check_finite(jacobian, "the Jacobian")
+        losses = self._checked_losses(losses, jacobian.shape[0])
+        return self.compute_weights(AggregatorInput(jacobian.shape[0], losses=losses, jacobian=jacobian))
+
+    @staticmethod
+    def _agree(current: int | None, found: int, where: str) -> int:
+        if current is not None and current != found:
+            raise ValueError(f"{where} describes {found} tasks, but {current} were expected")
+        return found
+
+    @abstractmethod
+    def compute_weights(self, inputs: AggregatorInput) -> Tensor:
+        """The weights, from inputs already validated."""
+
+    def compute_direction(self, inputs: AggregatorInput) -> Tensor:
+        jacobian = inputs.jacobian
+        assert jacobian is not None
+        weights = self.compute_weights(inputs)
+        return weights.to(dtype=jacobian.dtype, device=jacobian.device) @ jacobian
+
+
+def weights_like(values: Tensor | list[float], inputs: AggregatorInput) -> Tensor:
+    """``values`` as a tensor with the dtype and device the weights should have."""
+    reference = inputs.reference()
+    if reference is None:
+        return torch.as_tensor(values, dtype=torch.get_default_dtype())
+    dtype = reference.dtype if reference.is_floating_point() else torch.get_default_dtype()
+    if dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32
+    return torch.as_tensor(values, dtype=dtype, device=reference.device)
+
+
+def check_preference(pref_vector: Tensor | None, name: str = "pref_vector") -> Tensor | None:
+    """Validate a preference vector given at construction (1-D, finite, non-negative)."""
+    if pref_vector is None:
+        return None
+    pref = torch.as_tensor(pref_vector, dtype=torch.float64).detach()
+    if pref.dim() != 1 or pref.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D tensor, got shape {tuple(pref.shape)}")
+    if not bool(torch.isfinite(pref).all()) or bool((pref < 0).any()):
+        raise ValueError(f"{name} must hold finite non-negative numbers, got {pref.tolist()}")
+    return pref
+
+
+def preference_for(pref: Tensor | None, num_tasks: int, name: str = "pref_vector") -> Tensor:
+    """The preference vector for ``num_tasks`` tasks, float64 on CPU (``1/T`` each by default)."""
+    if pref is None:
+        return torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
+    if pref.shape[0] != num_tasks:
+        raise ValueError(f"{name} has {pref.shape[0]} entries but there are {num_tasks} tasks")
+    return pref
