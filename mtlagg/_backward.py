@@ -336,7 +336,13 @@ class _Step:
         if aggregator.uses_input_values:
             input_values = torch.cat([p.tensor.detach().reshape(-1) for p in input_tensors])
         agg_input = AggregatorInput(
-            self.T, losses=values, gramian=gramian, jacobian=jacobian, input_values=input_values
+            self.T,
+            losses=values,
+            gramian=gramian,
+            jacobian=jacobian,
+            input_values=input_values,
+            block_sizes=[b.shape[1] for b in blocks],
+            block_names=[p.name for p in inputs],
         )
         weights: Tensor | None = None
         if self._weighted:

@@ -52,10 +52,13 @@ class AggregatorInput:
     """What an aggregator may look at for one step.
 
     The engine fills in what the aggregator declared it needs; :attr:`gramian` is derived from
-    :attr:`jacobian` on first access when only the Jacobian was given.
+    :attr:`jacobian` on first access when only the Jacobian was given. Fields: ``num_tasks``,
+    ``losses`` (``(T,)`` detached values), ``gramian`` (``T x T``), ``jacobian`` (``T x n``),
+    ``input_values`` (``(n,)`` values of what was differentiated, for aggregators that declare
+    ``uses_input_values``), ``block_sizes`` / ``block_names`` (the per-tensor split of the columns).
     """
 
-    __slots__ = ("_gramian", "input_values", "jacobian", "losses", "num_tasks")
+    __slots__ = ("_gramian", "block_names", "block_sizes", "input_values", "jacobian", "losses", "num_tasks")
 
     def __init__(
         self,
@@ -65,12 +68,18 @@ class AggregatorInput:
         gramian: Tensor | None = None,
         jacobian: Tensor | None = None,
         input_values: Tensor | None = None,
+        block_sizes: list[int] | None = None,
+        block_names: list[str] | None = None,
     ) -> None:
         self.num_tasks = num_tasks
         self.losses = losses
         self._gramian = gramian
         self.jacobian = jacobian
         self.input_values = input_values
+        #: how the ``n`` columns split into tensors (parameters or features), in order, and their
+        #: names (``named_parameters`` names when the user gave them); ``None`` for a plain matrix.
+        self.block_sizes = block_sizes
+        self.block_names = block_names
 
     @property
     def gramian(self) -> Tensor:
