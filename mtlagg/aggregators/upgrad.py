@@ -7,10 +7,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mtlagg.solvers import solve_nonneg_qp
+from mtlagg.solvers import project_weights
 
 from ._base import AggregatorInput, Needs, WeightedAggregator, check_preference, preference_for
 from ._registry import register
+from ._utils import output_dtype
 
 
 @register()
@@ -21,14 +22,15 @@ class UPGrad(WeightedAggregator):
     Each task gradient is projected onto the dual cone :math:`\{x : Jx \ge 0\}` and the projections
     are averaged with the preference weights :math:`p` (``1/T`` by default):
     :math:`d = \sum_k p_k\, \pi_{J}(g_k)`. In weight space (Prop. 1 of the paper),
-    :math:`\pi_J(g_k) = J^\top v_k` with
+    :math:`\pi_J(p_k g_k) = J^\top v_k` with
 
     .. math:: v_k = \arg\min_{v \ge p_k e_k} v^\top G v,
 
-    so :math:`w = \sum_k v_k`. The ``T`` problems are solved together as one batched,
-    exact (float64, KKT-checked) non-negative QP, without the ``1e-4`` ridge TorchJD adds: the
-    direction is exactly linear under scaling of the rows. Scale convention: **mean** (with the
-    default preference). Non-conflicting, permutation-equivariant (with a permuted preference).
+    so :math:`w = \sum_k v_k`. The ``T`` problems are solved together as one batched, exact
+    (float64, KKT-checked) non-negative QP (:func:`~mtlagg.solvers.project_weights`), without the
+    ``1e-4`` normalisation and ridge TorchJD and LibMTL add: the direction is exactly linear under
+    scaling of the rows. Scale convention: **mean** (with the default preference). Non-conflicting,
+    permutation-equivariant (with a permuted preference).
 
     Args:
         pref_vector: non-negative weights of the projected gradients (default ``1/T`` each).
@@ -41,13 +43,10 @@ class UPGrad(WeightedAggregator):
         self.pref_vector = check_preference(pref_vector)
 
     def compute_weights(self, inputs: AggregatorInput) -> Tensor:
-        gramian = inputs.gramian.to(torch.float64)
+        gramian = inputs.gramian
         pref = preference_for(self.pref_vector, inputs.num_tasks).to(gramian.device)
-        # Problem k: min_x 1/2 x^T G x + p_k (G e_k)^T x, x >= 0, with v_k = p_k e_k + x.
-        linear = pref[:, None] * gramian
-        x = solve_nonneg_qp(gramian, linear)
-        weights = pref + x.sum(dim=0)
-        return weights.to(inputs.gramian.dtype)
+        weights = project_weights(gramian, torch.diag(pref)).sum(dim=0)
+        return weights.to(output_dtype(gramian))
 
     def extra_repr(self) -> str:
         return "" if self.pref_vector is None else f"pref_vector={self.pref_vector.tolist()}"
