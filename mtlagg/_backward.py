@@ -175,6 +175,13 @@ class _Step:
         bad = tuple(int(i) for i in torch.nonzero(~finite).flatten().tolist())
         return good, bad
 
+    def kept_mask(self, bad: tuple[int, ...]) -> int:
+        """Bitmask of the tasks kept this step (host-side: no synchronisation)."""
+        mask = (1 << self.T) - 1
+        for task in bad:
+            mask &= ~(1 << task)
+        return mask
+
     def describe(self, bad: tuple[int, ...], gradients: TaskGradients | None, tensors: list[NamedTensor]) -> str:
         parts = []
         for task in bad:
@@ -222,7 +229,7 @@ class _Step:
         weights = weights * good.to(weights)
         shared = [p.tensor for p in self.shared if graph.leaf_mask(p.tensor)]
         calls: list[tuple[list[Tensor], Tensor, int]] = []
-        everyone = sum(1 << i for i in range(self.T) if bool(good[i]))
+        everyone = self.kept_mask(bad)
         coefficients = self.coefficients(weights, good)
         groups: dict[int, list[Tensor]] = {}
         for tensor, mask in self.task_leaves(graph):
@@ -355,12 +362,12 @@ class _Step:
             direction = aggregator.compute_direction(agg_input)
             directions = list(torch.split(direction, [b.shape[1] for b in blocks]))
         coefficients = self.coefficients(weights, good)
-        masked: dict[int, Tensor] = {}
+        kept = self.kept_mask(bad)
         for tensor, mask in task_leaves:
-            if gradients.has(tensor):
-                if mask not in masked:
-                    masked[mask] = coefficients * _mask_vector(mask, self.T).to(coefficients)
-                _accumulate(tensor, gradients.weighted_sum(tensor, masked[mask]))
+            if mask & kept:
+                gradient = gradients.weighted_sum(tensor, coefficients, mask & kept)
+                if gradient is not None:
+                    _accumulate(tensor, gradient)
         if shared_via_features:
             reached = [(p.tensor, d.reshape(p.tensor.shape)) for p, d in zip(inputs, directions)]
             self._backward_through_features(reached)
@@ -398,10 +405,6 @@ def _gramian_of_blocks(blocks: list[Tensor], num_tasks: int, like: Tensor) -> Te
         matrix = block.to(dtype)
         total.addmm_(matrix, matrix.T)
     return total
-
-
-def _mask_vector(mask: int, num_tasks: int) -> Tensor:
-    return torch.tensor([mask >> i & 1 for i in range(num_tasks)], dtype=torch.float64)
 
 
 def _accumulate(tensor: Tensor, gradient: Tensor) -> None:

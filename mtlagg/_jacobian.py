@@ -50,13 +50,25 @@ class TaskGradients:
             full[task] += gradient
         return full
 
-    def weighted_sum(self, tensor: Tensor, coefficients: Tensor) -> Tensor:
-        """``sum_i coefficients[i] * (gradient of task i)`` for ``tensor``."""
+    def weighted_sum(self, tensor: Tensor, coefficients: Tensor, tasks: int) -> Tensor | None:
+        """``sum_i coefficients[i] * (gradient of task i)`` over the tasks in the bitmask ``tasks``.
+
+        Rows of other tasks are never read (they may hold NaN). ``None`` if no included task
+        reaches ``tensor``.
+        """
         coefficients = coefficients.to(dtype=tensor.dtype, device=tensor.device)
+        total: Tensor | None = None
         full = self.blocks.get(id(tensor))
-        total = torch.tensordot(coefficients, full, dims=1) if full is not None else torch.zeros_like(tensor)
+        if full is not None:
+            if tasks == (1 << self.num_tasks) - 1:
+                total = torch.tensordot(coefficients, full, dims=1)
+            else:
+                rows = [i for i in range(self.num_tasks) if tasks >> i & 1]
+                index = torch.tensor(rows, device=full.device)
+                total = torch.tensordot(coefficients[index], full.index_select(0, index), dims=1)
         for task, gradient in self.direct.get(id(tensor), {}).items():
-            total = total + coefficients[task] * gradient
+            if tasks >> task & 1:
+                total = coefficients[task] * gradient if total is None else total + coefficients[task] * gradient
         return total
 
     def add_direct(self, tensor: Tensor, task: int, gradient: Tensor) -> None:

@@ -65,6 +65,8 @@ def solve_nonneg_qp(
     Q = torch.broadcast_to(Q.to(torch.float64), (c.shape[0], m, m))
     if m == 0:
         raise ValueError("cannot solve a QP with no variables")
+    if not bool(torch.isfinite(Q).all() & torch.isfinite(c).all()):
+        raise SolverError("the QP has NaN or Inf entries (a non-finite task gradient reached the aggregator)")
     # Scale so that the largest diagonal entry is 1: the minimiser does not change.
     scale = Q.diagonal(dim1=-2, dim2=-1).amax(dim=-1)
     zero_q = scale <= 0
