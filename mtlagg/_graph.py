@@ -53,6 +53,10 @@ class TaskGraph:
     common_leaves: list[Tensor] = field(default_factory=list)
     #: per cut edge (``features=``), the bitmask of tasks that reach it
     cut_masks: dict[Edge, int] = field(default_factory=dict)
+    #: number of edges into each node from the rest of the graph
+    uses: dict[Node, int] = field(default_factory=dict)
+    #: the nodes two or more tasks reach, in topological order (losses first)
+    common_nodes: list[Node] = field(default_factory=list)
 
     def leaf_mask(self, tensor: Tensor) -> int:
         entry = self.leaves.get(id(tensor))
@@ -102,6 +106,7 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
             root_cuts.append((i, root))
             continue
         masks[root[0]] |= 1 << i
+    graph.uses = dict(indegree)
     queue = deque(node for node, degree in indegree.items() if degree == 0)
     order: list[Node] = []
     while queue:
@@ -129,6 +134,8 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
         if variable is not None:  # AccumulateGrad: a leaf
             graph.leaves[id(variable)] = (variable, mask)
         exclusive = popcount(mask) == 1
+        if not exclusive:
+            graph.common_nodes.append(node)
         task = mask.bit_length() - 1
         for child, nr in children[node]:
             child_variable = getattr(child, "variable", None)
