@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ._graph import TaskGraph, analyse, edge_of
+from ._graph import TaskGraph, analyse, edge_of, find_nested
 from ._inputs import (
     NamedTensor,
     as_features,
@@ -292,7 +292,16 @@ class _Step:
         return self._aggregate(gradients, shared, task_leaves, needs, input_tensors=shared)
 
     def run_features(self, features: list[NamedTensor], needs: Needs) -> BackwardResult:
-        cut = {edge_of(f.tensor) for f in features}
+        edges = [edge_of(f.tensor) for f in features]
+        if len(edges) > 1:
+            nested = find_nested(edges)
+            if nested is not None:
+                k, j = nested
+                raise ValueError(
+                    f"{features[k].name} depends on {features[j].name}: features= must be tensors that do not "
+                    "depend on each other (the representations the heads consume, not successive stages)"
+                )
+        cut = set(edges)
         graph = analyse(self.roots, cut)
         shared_ids = {id(p.tensor): p.name for p in self.shared}
         for tensor, mask in graph.leaves.values():

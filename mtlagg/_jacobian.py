@@ -150,8 +150,13 @@ def task_gradients(
 
     # Phase 1: each task through its own head.
     edge_grads: dict[Edge, dict[int, Tensor]] = {}
+    from_root: list[Tensor] = []  # leaves of the tasks differentiated from their loss in phase 2
     for i, loss in enumerate(losses):
         if roots[i] is None:
+            continue
+        if not graph.separable(i):
+            edge_grads.setdefault(roots[i], {})[i] = torch.ones_like(loss)
+            from_root += [t for t in graph.direct_leaves[i] if id(t) in wanted_ids]
             continue
         edges = [e for e in graph.boundary[i] if e != roots[i]]
         if roots[i] in graph.boundary[i]:
@@ -177,6 +182,8 @@ def task_gradients(
         id(layer.bias) for layer in layers if layer.bias is not None
     }
     targets = [t for t in graph.common_leaves if id(t) in wanted_ids and id(t) not in factored_ids]
+    target_ids = {id(t) for t in targets}
+    targets += [t for t in dict.fromkeys(from_root) if id(t) not in target_ids and id(t) not in factored_ids]
     inputs: list[Tensor | GradientEdge] = [*targets, *(as_gradient_edge(layer.edge) for layer in layers)]
     templates = [(tuple(t.shape), t) for t in targets]
     templates += [((layer.inputs.shape[0], layer.weight.shape[0]), layer.weight) for layer in layers]

@@ -40,6 +40,9 @@ def reference_jacobian(losses: list[Tensor], params: list[Tensor]) -> Tensor:
     """Per-task ``autograd.grad``, stacked: the definition of the Jacobian."""
     rows = []
     for loss in losses:
+        if not loss.requires_grad:
+            rows.append(torch.cat([torch.zeros_like(p).flatten() for p in params]))
+            continue
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]))
     return torch.stack(rows)
