@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ._graph import TaskGraph, analyse, edge_of
+from ._graph import TaskGraph, analyse, edge_of, find_nested
 from ._inputs import (
     NamedTensor,
     as_features,
@@ -175,6 +175,13 @@ class _Step:
         bad = tuple(int(i) for i in torch.nonzero(~finite).flatten().tolist())
         return good, bad
 
+    def kept_mask(self, bad: tuple[int, ...]) -> int:
+        """Bitmask of the tasks kept this step (host-side: no synchronisation)."""
+        mask = (1 << self.T) - 1
+        for task in bad:
+            mask &= ~(1 << task)
+        return mask
+
     def describe(self, bad: tuple[int, ...], gradients: TaskGradients | None, tensors: list[NamedTensor]) -> str:
         parts = []
         for task in bad:
@@ -222,7 +229,7 @@ class _Step:
         weights = weights * good.to(weights)
         shared = [p.tensor for p in self.shared if graph.leaf_mask(p.tensor)]
         calls: list[tuple[list[Tensor], Tensor, int]] = []
-        everyone = sum(1 << i for i in range(self.T) if bool(good[i]))
+        everyone = self.kept_mask(bad)
         coefficients = self.coefficients(weights, good)
         groups: dict[int, list[Tensor]] = {}
         for tensor, mask in self.task_leaves(graph):
@@ -285,7 +292,16 @@ class _Step:
         return self._aggregate(gradients, shared, task_leaves, needs, input_tensors=shared)
 
     def run_features(self, features: list[NamedTensor], needs: Needs) -> BackwardResult:
-        cut = {edge_of(f.tensor) for f in features}
+        edges = [edge_of(f.tensor) for f in features]
+        if len(edges) > 1:
+            nested = find_nested(edges)
+            if nested is not None:
+                k, j = nested
+                raise ValueError(
+                    f"{features[k].name} depends on {features[j].name}: features= must be tensors that do not "
+                    "depend on each other (the representations the heads consume, not successive stages)"
+                )
+        cut = set(edges)
         graph = analyse(self.roots, cut)
         shared_ids = {id(p.tensor): p.name for p in self.shared}
         for tensor, mask in graph.leaves.values():
@@ -317,21 +333,21 @@ class _Step:
         input_tensors: list[NamedTensor],
         shared_via_features: bool = False,
     ) -> BackwardResult:
-        blocks = [gradients.block(p.tensor).reshape(self.T, -1) for p in inputs]
-        gramian = _gramian_of_blocks(blocks, self.T, self.values)
-        good, bad = self.bad_tasks(gramian.diagonal().isfinite() if blocks else None)
+        tensors = [p.tensor for p in inputs]
+        gramian = gradients.gramian(tensors) if tensors else torch.zeros(self.T, self.T)
+        good, bad = self.bad_tasks(gramian.diagonal().isfinite())
         if bad:
             early = self.handle_bad(bad, self.describe(bad, gradients, inputs))
             if early is not None:
                 return early
-            keep = good.to(gramian.device)
-            blocks = [torch.where(keep[:, None].to(b.device), b, torch.zeros_like(b)) for b in blocks]
-            gramian = _gramian_of_blocks(blocks, self.T, self.values)
+            gradients.zero_tasks(bad)
+            gramian = gradients.gramian(tensors)
         values = torch.where(good, self.values, torch.zeros_like(self.values))
         aggregator = self.aggregator
         jacobian: Tensor | None = None
-        if aggregator.needs == Needs.JACOBIAN:
-            jacobian = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+        sizes = [p.tensor.numel() for p in inputs]
+        if aggregator.needs == Needs.JACOBIAN or not self._weighted:
+            jacobian = torch.cat([gradients.block(t).reshape(self.T, -1) for t in tensors], dim=1)
         input_values = None
         if aggregator.uses_input_values:
             input_values = torch.cat([p.tensor.detach().reshape(-1) for p in input_tensors])
@@ -341,32 +357,31 @@ class _Step:
             gramian=gramian,
             jacobian=jacobian,
             input_values=input_values,
-            block_sizes=[b.shape[1] for b in blocks],
+            block_sizes=sizes,
             block_names=[p.name for p in inputs],
         )
         weights: Tensor | None = None
+        everyone = (1 << self.T) - 1
         if self._weighted:
             weights = self._weights(agg_input) * good.to(gramian.device)
-            directions = [torch.tensordot(weights.to(b), b, dims=1) for b in blocks]
+            directions = [gradients.weighted_sum(t, weights, everyone) for t in tensors]
         else:
-            if jacobian is None:
-                jacobian = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
-                agg_input.jacobian = jacobian
+            assert jacobian is not None
             direction = aggregator.compute_direction(agg_input)
-            directions = list(torch.split(direction, [b.shape[1] for b in blocks]))
+            directions = list(torch.split(direction, sizes))
         coefficients = self.coefficients(weights, good)
-        masked: dict[int, Tensor] = {}
+        kept = self.kept_mask(bad)
         for tensor, mask in task_leaves:
-            if gradients.has(tensor):
-                if mask not in masked:
-                    masked[mask] = coefficients * _mask_vector(mask, self.T).to(coefficients)
-                _accumulate(tensor, gradients.weighted_sum(tensor, masked[mask]))
+            if mask & kept:
+                gradient = gradients.weighted_sum(tensor, coefficients, mask & kept)
+                if gradient is not None:
+                    _accumulate(tensor, gradient)
+        pairs = [(t, d.reshape(t.shape)) for t, d in zip(tensors, directions) if d is not None]
         if shared_via_features:
-            reached = [(p.tensor, d.reshape(p.tensor.shape)) for p, d in zip(inputs, directions)]
-            self._backward_through_features(reached)
+            self._backward_through_features(pairs)
         else:
-            for p, d in zip(inputs, directions):
-                _accumulate(p.tensor, d.reshape(p.tensor.shape))
+            for tensor, direction_part in pairs:
+                _accumulate(tensor, direction_part)
         return BackwardResult(
             self.values,
             weights=weights.detach() if weights is not None else None,
@@ -386,22 +401,6 @@ class _Step:
         for tensor, gradient in zip(shared, grads):
             if gradient is not None:
                 _accumulate(tensor, gradient)
-
-
-def _gramian_of_blocks(blocks: list[Tensor], num_tasks: int, like: Tensor) -> Tensor:
-    """``sum_b B_b B_b^T`` in at least float32, without concatenating the blocks."""
-    if not blocks:
-        return torch.zeros(num_tasks, num_tasks, dtype=torch.float32, device=like.device)
-    dtype = torch.float64 if any(b.dtype == torch.float64 for b in blocks) else torch.float32
-    total = torch.zeros(num_tasks, num_tasks, dtype=dtype, device=blocks[0].device)
-    for block in blocks:
-        matrix = block.to(dtype)
-        total.addmm_(matrix, matrix.T)
-    return total
-
-
-def _mask_vector(mask: int, num_tasks: int) -> Tensor:
-    return torch.tensor([mask >> i & 1 for i in range(num_tasks)], dtype=torch.float64)
 
 
 def _accumulate(tensor: Tensor, gradient: Tensor) -> None:

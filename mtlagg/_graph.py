@@ -53,6 +53,41 @@ class TaskGraph:
     common_leaves: list[Tensor] = field(default_factory=list)
     #: per cut edge (``features=``), the bitmask of tasks that reach it
     cut_masks: dict[Edge, int] = field(default_factory=dict)
+    #: number of edges into each node from the rest of the graph
+    uses: dict[Node, int] = field(default_factory=dict)
+    #: the nodes two or more tasks reach, in topological order (losses first)
+    common_nodes: list[Node] = field(default_factory=list)
+    #: node -> its child edges (not crossing cut edges)
+    children: dict[Node, list[Edge]] = field(default_factory=dict)
+
+    def separable(self, task: int) -> bool:
+        """Whether task ``task`` can be back-propagated to its boundary without entering the trunk.
+
+        ``autograd.grad`` runs every node on a path from the loss to any of its inputs. If one
+        boundary node of the task (or a leaf it reaches directly) lies below another of its boundary
+        nodes, capturing both in one call would run part of the trunk and count it twice; such a
+        task is instead differentiated from its loss in phase 2.
+        """
+        boundary = self.boundary[task]
+        common_ids = {id(t) for t in self.common_leaves}
+        shared_direct = {id(t) for t in self.direct_leaves[task] if id(t) in common_ids}
+        if len(boundary) <= 1 and not shared_direct:
+            return True
+        targets = {node for node, _ in boundary}
+        stack = [child for node, _ in boundary for child, _ in self.children.get(node, ())]
+        seen: set[Node] = set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if node in targets:
+                return False
+            variable = getattr(node, "variable", None)
+            if variable is not None and id(variable) in shared_direct:
+                return False
+            stack.extend(child for child, _ in self.children.get(node, ()))
+        return True
 
     def leaf_mask(self, tensor: Tensor) -> int:
         entry = self.leaves.get(id(tensor))
@@ -102,6 +137,8 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
             root_cuts.append((i, root))
             continue
         masks[root[0]] |= 1 << i
+    graph.uses = dict(indegree)
+    graph.children = children
     queue = deque(node for node, degree in indegree.items() if degree == 0)
     order: list[Node] = []
     while queue:
@@ -129,6 +166,8 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
         if variable is not None:  # AccumulateGrad: a leaf
             graph.leaves[id(variable)] = (variable, mask)
         exclusive = popcount(mask) == 1
+        if not exclusive:
+            graph.common_nodes.append(node)
         task = mask.bit_length() - 1
         for child, nr in children[node]:
             child_variable = getattr(child, "variable", None)
@@ -161,3 +200,22 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
             boundary_sets[i].add(root)
             graph.boundary[i].append(root)
     return graph
+
+
+def find_nested(edges: list[Edge]) -> tuple[int, int] | None:
+    """``(k, j)`` when the tensor of ``edges[k]`` is computed from the tensor of ``edges[j]``, else None."""
+    index = {edge: n for n, edge in enumerate(edges)}
+    for k, (node, _) in enumerate(edges):
+        stack = list(node.next_functions)
+        seen: set[Node] = set()
+        while stack:
+            child, nr = stack.pop()
+            if child is None:
+                continue
+            if (child, nr) in index and index[(child, nr)] != k:
+                return k, index[(child, nr)]
+            if child in seen:
+                continue
+            seen.add(child)
+            stack.extend(child.next_functions)
+    return None

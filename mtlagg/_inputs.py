@@ -107,7 +107,10 @@ def check_disjoint(shared: list[NamedTensor], tasks: list[list[NamedTensor]]) ->
     for params in tasks:
         for p in params:
             if id(p.tensor) in shared_ids:
-                raise ValueError(f"{p.name} is also listed in shared_params (as {shared_ids[id(p.tensor)]})")
+                raise ValueError(
+                    f"{p.name} (shape {tuple(p.tensor.shape)}) is also listed in shared_params "
+                    f"(as {shared_ids[id(p.tensor)]})"
+                )
 
 
 def check_chunk_size(chunk_size: int | None) -> None:

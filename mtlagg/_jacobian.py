@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import GradientEdge
 
 from mtlagg.errors import VmapError
 
 from ._graph import Edge, TaskGraph, as_gradient_edge, edge_of
+from ._linear import FactoredLinear, find_linear_layers
 
 
 @dataclass
@@ -34,12 +36,18 @@ class TaskGradients:
     blocks: dict[int, Tensor] = field(default_factory=dict)
     #: id(tensor) -> {task: gradient} from the task's exclusive region
     direct: dict[int, dict[int, Tensor]] = field(default_factory=dict)
+    #: id(weight or bias) -> the linear layer whose per-task gradients are kept factored
+    factored: dict[int, FactoredLinear] = field(default_factory=dict)
 
     def has(self, tensor: Tensor) -> bool:
-        return id(tensor) in self.blocks or id(tensor) in self.direct
+        key = id(tensor)
+        return key in self.blocks or key in self.direct or key in self.factored
 
     def block(self, tensor: Tensor) -> Tensor:
         """The ``(T, *shape)`` per-task gradients of ``tensor`` (zeros where a task does not reach it)."""
+        layer = self.factored.get(id(tensor))
+        if layer is not None:
+            return layer.weight_rows() if tensor is layer.weight else layer.bias_rows()
         full = self.blocks.get(id(tensor))
         rows = self.direct.get(id(tensor), {})
         if full is None:
@@ -50,18 +58,75 @@ class TaskGradients:
             full[task] += gradient
         return full
 
-    def weighted_sum(self, tensor: Tensor, coefficients: Tensor) -> Tensor:
-        """``sum_i coefficients[i] * (gradient of task i)`` for ``tensor``."""
-        coefficients = coefficients.to(dtype=tensor.dtype, device=tensor.device)
-        full = self.blocks.get(id(tensor))
-        total = torch.tensordot(coefficients, full, dims=1) if full is not None else torch.zeros_like(tensor)
-        for task, gradient in self.direct.get(id(tensor), {}).items():
-            total = total + coefficients[task] * gradient
+    def gramian(self, tensors: list[Tensor]) -> Tensor:
+        """``J J^T`` over ``tensors`` (at least float32), one tensor or layer at a time."""
+        dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+        device = tensors[0].device if tensors else None
+        total = torch.zeros(self.num_tasks, self.num_tasks, dtype=dtype, device=device)
+        done: set[int] = set()
+        for tensor in tensors:
+            layer = self.factored.get(id(tensor))
+            if layer is not None:
+                if id(layer) not in done:
+                    done.add(id(layer))
+                    total += layer.gramian(dtype)
+                continue
+            if not self.has(tensor):
+                continue
+            rows = self.block(tensor).reshape(self.num_tasks, -1).to(dtype)
+            total.addmm_(rows, rows.T)
         return total
+
+    def weighted_sum(self, tensor: Tensor, coefficients: Tensor, tasks: int | None = None) -> Tensor | None:
+        """``sum_i coefficients[i] * (gradient of task i)`` over the tasks in the bitmask ``tasks``.
+
+        Rows of other tasks are never read (they may hold NaN). ``None`` if no included task
+        reaches ``tensor``.
+        """
+        everyone = (1 << self.num_tasks) - 1
+        tasks = everyone if tasks is None else tasks
+        coefficients = coefficients.to(dtype=tensor.dtype, device=tensor.device)
+        layer = self.factored.get(id(tensor))
+        if layer is not None:
+            if tasks != everyone:
+                coefficients = coefficients * _mask_vector(tasks, self.num_tasks).to(coefficients)
+            weight, bias = layer.weighted(coefficients)
+            return weight if tensor is layer.weight else bias
+        total: Tensor | None = None
+        full = self.blocks.get(id(tensor))
+        if full is not None:
+            if tasks == everyone:
+                total = torch.tensordot(coefficients, full, dims=1)
+            else:
+                index = torch.tensor([i for i in range(self.num_tasks) if tasks >> i & 1], device=full.device)
+                total = torch.tensordot(coefficients[index], full.index_select(0, index), dims=1)
+        for task, gradient in self.direct.get(id(tensor), {}).items():
+            if tasks >> task & 1:
+                total = coefficients[task] * gradient if total is None else total + coefficients[task] * gradient
+        return total
+
+    def zero_tasks(self, tasks: tuple[int, ...]) -> None:
+        """Forget the gradients of ``tasks`` (they become zero rows)."""
+        if not tasks:
+            return
+        index = list(tasks)
+        for key, full in self.blocks.items():
+            self.blocks[key] = full.clone()
+            self.blocks[key][index] = 0
+        for rows in self.direct.values():
+            for task in tasks:
+                rows.pop(task, None)
+        for layer in {id(layer): layer for layer in self.factored.values()}.values():
+            layer.deltas = layer.deltas.clone()
+            layer.deltas[index] = 0
 
     def add_direct(self, tensor: Tensor, task: int, gradient: Tensor) -> None:
         rows = self.direct.setdefault(id(tensor), {})
         rows[task] = rows[task] + gradient if task in rows else gradient
+
+
+def _mask_vector(mask: int, num_tasks: int) -> Tensor:
+    return torch.tensor([float(mask >> i & 1) for i in range(num_tasks)])
 
 
 def _is_vmap_failure(error: BaseException) -> bool:
@@ -85,8 +150,13 @@ def task_gradients(
 
     # Phase 1: each task through its own head.
     edge_grads: dict[Edge, dict[int, Tensor]] = {}
+    from_root: list[Tensor] = []  # leaves of the tasks differentiated from their loss in phase 2
     for i, loss in enumerate(losses):
         if roots[i] is None:
+            continue
+        if not graph.separable(i):
+            edge_grads.setdefault(roots[i], {})[i] = torch.ones_like(loss)
+            from_root += [t for t in graph.direct_leaves[i] if id(t) in wanted_ids]
             continue
         edges = [e for e in graph.boundary[i] if e != roots[i]]
         if roots[i] in graph.boundary[i]:
@@ -103,47 +173,81 @@ def task_gradients(
             if gradient is not None:
                 result.add_direct(leaf, i, gradient)
 
-    # Phase 2: the common region, all tasks at once.
-    targets = [t for t in graph.common_leaves if id(t) in wanted_ids]
-    if not edge_grads or not targets:
+    # Phase 2: the common region, all tasks at once. Linear layers give their output gradients
+    # (factored form, see _linear.py); other tensors their gradients.
+    if not edge_grads:
+        return result
+    layers = find_linear_layers(graph, wanted_ids, excluded_edges=set(edge_grads))
+    factored_ids = {id(layer.weight) for layer in layers} | {
+        id(layer.bias) for layer in layers if layer.bias is not None
+    }
+    targets = [t for t in graph.common_leaves if id(t) in wanted_ids and id(t) not in factored_ids]
+    target_ids = {id(t) for t in targets}
+    targets += [t for t in dict.fromkeys(from_root) if id(t) not in target_ids and id(t) not in factored_ids]
+    inputs: list[Tensor | GradientEdge] = [*targets, *(as_gradient_edge(layer.edge) for layer in layers)]
+    templates = [(tuple(t.shape), t) for t in targets]
+    templates += [((layer.inputs.shape[0], layer.weight.shape[0]), layer.weight) for layer in layers]
+    if not inputs:
         return result
     edges = list(edge_grads)
     if chunk_size == 1:
-        _sequential(edges, edge_grads, targets, result, retain_graph)
+        rows = _sequential(edges, edge_grads, inputs, templates, T, retain_graph)
     else:
-        _vectorised(edges, edge_grads, targets, result, chunk_size, retain_graph)
+        rows = _vectorised(edges, edge_grads, inputs, templates, T, chunk_size, retain_graph)
+    for target, block in zip(targets, rows[: len(targets)]):
+        result.blocks[id(target)] = block
+    for layer, deltas in zip(layers, rows[len(targets) :]):
+        factored = FactoredLinear(layer.weight, layer.bias, layer.inputs, deltas)
+        result.factored[id(layer.weight)] = factored
+        if layer.bias is not None:
+            result.factored[id(layer.bias)] = factored
     return result
 
 
-def _stack_rows(rows: dict[int, Tensor], num_tasks: int) -> Tensor:
+Template = tuple[tuple[int, ...], Tensor]
+
+
+def _zeros(template: Template, rows: int) -> Tensor:
+    shape, like = template
+    return like.new_zeros((rows, *shape))
+
+
+def _stack_rows(rows: dict[int, Tensor], tasks: list[int]) -> Tensor:
     example = next(iter(rows.values()))
-    stacked = example.new_zeros((num_tasks, *example.shape))
-    for task, gradient in rows.items():
-        stacked[task] = gradient
+    if len(rows) == len(tasks):
+        return torch.stack([rows[task] for task in tasks])
+    stacked = example.new_zeros((len(tasks), *example.shape))
+    for n, task in enumerate(tasks):
+        if task in rows:
+            stacked[n] = rows[task]
     return stacked
 
 
 def _vectorised(
     edges: list[Edge],
     edge_grads: dict[Edge, dict[int, Tensor]],
-    targets: list[Tensor],
-    result: TaskGradients,
+    inputs: list[Tensor | GradientEdge],
+    templates: list[Template],
+    num_tasks: int,
     chunk_size: int | None,
     retain_graph: bool,
-) -> None:
-    T = result.num_tasks
+) -> list[Tensor]:
     tasks = sorted({task for rows in edge_grads.values() for task in rows})
-    stacks = [_stack_rows(edge_grads[e], T)[tasks] for e in edges]
+    stacks = []
+    for edge in edges:  # stack, releasing the per-task rows as we go
+        stacks.append(_stack_rows(edge_grads[edge], tasks))
+        edge_grads[edge].clear()
     outputs = [as_gradient_edge(e) for e in edges]
     step = len(tasks) if chunk_size is None else chunk_size
-    chunks: list[list[Tensor]] = [[] for _ in targets]
+    whole = len(tasks) == num_tasks and step >= len(tasks)
+    results: list[Tensor] = [] if whole else [_zeros(template, num_tasks) for template in templates]
     for start in range(0, len(tasks), step):
-        rows = len(tasks[start : start + step])
+        chunk = tasks[start : start + step]
         last = start + step >= len(tasks)
         try:
             grads = torch.autograd.grad(
                 outputs,
-                targets,
+                inputs,
                 [s[start : start + step] for s in stacks],
                 retain_graph=retain_graph or not last,
                 allow_unused=True,
@@ -156,38 +260,35 @@ def _vectorised(
                     "pass chunk_size=1 to differentiate one task at a time"
                 ) from error
             raise
-        for k, (target, gradient) in enumerate(zip(targets, grads)):
-            chunks[k].append(gradient if gradient is not None else target.new_zeros((rows, *target.shape)))
-    index = torch.tensor(tasks, device=targets[0].device)
-    for target, parts in zip(targets, chunks):
-        rows_tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
-        if len(tasks) == T:
-            result.blocks[id(target)] = rows_tensor
-        else:
-            full = target.new_zeros((T, *target.shape))
-            full.index_copy_(0, index, rows_tensor)
-            result.blocks[id(target)] = full
+        if whole:
+            return [g if g is not None else _zeros(t, num_tasks) for g, t in zip(grads, templates)]
+        index = torch.tensor(chunk, device=templates[0][1].device)
+        for rows, gradient in zip(results, grads):
+            if gradient is not None:
+                rows.index_copy_(0, index, gradient)
+        del grads
+    return results
 
 
 def _sequential(
     edges: list[Edge],
     edge_grads: dict[Edge, dict[int, Tensor]],
-    targets: list[Tensor],
-    result: TaskGradients,
+    inputs: list[Tensor | GradientEdge],
+    templates: list[Template],
+    num_tasks: int,
     retain_graph: bool,
-) -> None:
-    T = result.num_tasks
+) -> list[Tensor]:
     per_task: dict[int, list[Edge]] = {}
     for edge in edges:
         for task in edge_grads[edge]:
             per_task.setdefault(task, []).append(edge)
-    blocks = [target.new_zeros((T, *target.shape)) for target in targets]
+    blocks = [_zeros(template, num_tasks) for template in templates]
     order = sorted(per_task)
     for n, task in enumerate(order):
         task_edges = per_task[task]
         grads = torch.autograd.grad(
             [as_gradient_edge(e) for e in task_edges],
-            targets,
+            inputs,
             [edge_grads[e][task] for e in task_edges],
             retain_graph=retain_graph or n < len(order) - 1,
             allow_unused=True,
@@ -195,8 +296,7 @@ def _sequential(
         for block, gradient in zip(blocks, grads):
             if gradient is not None:
                 block[task] = gradient
-    for target, block in zip(targets, blocks):
-        result.blocks[id(target)] = block
+    return blocks
 
 
 def feature_gradients(
@@ -215,6 +315,7 @@ def feature_gradients(
     result = TaskGradients(T)
     feature_edges = [edge_of(f) for f in features]
     heads_overlap = any(graph.boundary[i] for i in range(T)) or bool(graph.common_leaves)
+    feature_ids = {id(f) for f in features}
     for i, loss in enumerate(losses):
         if not loss.requires_grad:
             continue
@@ -225,6 +326,12 @@ def feature_gradients(
             continue
         grads = torch.autograd.grad(loss, inputs, retain_graph=retain_graph or heads_overlap, allow_unused=True)
         for tensor, gradient in zip(inputs, grads):
-            if gradient is not None:
+            if gradient is None:
+                continue
+            if id(tensor) in feature_ids:  # written straight into the T-row block
+                if id(tensor) not in result.blocks:
+                    result.blocks[id(tensor)] = tensor.new_zeros((T, *tensor.shape))
+                result.blocks[id(tensor)][i] = gradient
+            else:
                 result.add_direct(tensor, i, gradient)
     return result
