@@ -359,6 +359,7 @@ class _Step:
             input_values=input_values,
             block_sizes=sizes,
             block_names=[p.name for p in inputs],
+            block_shapes=[tuple(p.tensor.shape) for p in inputs],
         )
         weights: Tensor | None = None
         everyone = (1 << self.T) - 1

@@ -55,10 +55,21 @@ class AggregatorInput:
     :attr:`jacobian` on first access when only the Jacobian was given. Fields: ``num_tasks``,
     ``losses`` (``(T,)`` detached values), ``gramian`` (``T x T``), ``jacobian`` (``T x n``),
     ``input_values`` (``(n,)`` values of what was differentiated, for aggregators that declare
-    ``uses_input_values``), ``block_sizes`` / ``block_names`` (the per-tensor split of the columns).
+    ``uses_input_values``), ``block_sizes`` / ``block_names`` / ``block_shapes`` (the per-tensor
+    split of the columns, and the shapes of those tensors: on the ``features=`` path the first
+    dimension is usually the batch).
     """
 
-    __slots__ = ("_gramian", "block_names", "block_sizes", "input_values", "jacobian", "losses", "num_tasks")
+    __slots__ = (
+        "_gramian",
+        "block_names",
+        "block_shapes",
+        "block_sizes",
+        "input_values",
+        "jacobian",
+        "losses",
+        "num_tasks",
+    )
 
     def __init__(
         self,
@@ -70,6 +81,7 @@ class AggregatorInput:
         input_values: Tensor | None = None,
         block_sizes: list[int] | None = None,
         block_names: list[str] | None = None,
+        block_shapes: list[tuple[int, ...]] | None = None,
     ) -> None:
         self.num_tasks = num_tasks
         self.losses = losses
@@ -80,6 +92,7 @@ class AggregatorInput:
         #: names (``named_parameters`` names when the user gave them); ``None`` for a plain matrix.
         self.block_sizes = block_sizes
         self.block_names = block_names
+        self.block_shapes = block_shapes
 
     @property
     def gramian(self) -> Tensor:
@@ -104,6 +117,10 @@ class AggregatorInput:
 
 
 def _check_finite(tensor: Tensor, what: str) -> None:
+    # Fast path: a finite sum (accumulated in float64) proves every entry finite; isfinite over a
+    # large matrix costs several times more than a sum on CPU.
+    if bool(torch.isfinite(tensor.sum(dtype=torch.float64))):
+        return
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
         if tensor.dim() >= 1:
