@@ -28,7 +28,9 @@ class ConFIG(WeightedAggregator):
     \lVert g_i\rVert`; pseudo-inverse through ``eigh`` in float64, eigenvalues below
     ``T * eps(G.dtype)`` times the largest treated as 0) and is a weighted aggregator:
     :math:`w = \frac{\mathbf 1^\top G c}{c^\top G c}\, c` with :math:`c = N^{-1}(UU^\top)^{+} p`.
-    Zero gradients get weight 0; if :math:`b = 0` the direction is 0.
+    Zero gradients get weight 0; if :math:`b = 0` (``p`` orthogonal, to round-off, to the span of the
+    unit gradients, e.g. :math:`u` and :math:`-u` with ``p = 1``: no direction has the requested
+    cosines) the direction is 0.
 
     Scale convention: the sum of the projections (``p = 1`` by default, as the official code and
     TorchJD). Linear under scaling; not non-conflicting in general (it is when ``U`` has full row
@@ -60,11 +62,15 @@ class ConFIG(WeightedAggregator):
         values, vectors = torch.linalg.eigh(cosines)
         cutoff = values.max().clamp_min(0) * T * torch.finfo(output_dtype(gramian)).eps
         inverse = torch.where(values > cutoff, 1 / torch.where(values > cutoff, values, 1), 0.0)
-        c = inverse_norms * (vectors @ (inverse * (vectors.T @ pref)))
+        coordinates = vectors.T @ pref
+        kept = (values > cutoff).to(coordinates.dtype)
+        # b = 0 when p is orthogonal to the span of the unit gradients (to round-off): no direction
+        # has the requested cosines (e.g. u and -u with p = 1); the direction is then 0.
+        if not bool((coordinates * kept).norm() > 1e-9 * pref.norm()):
+            return torch.zeros(T, dtype=output_dtype(gramian), device=gramian.device)
+        c = inverse_norms * (vectors @ (inverse * coordinates))
         Gc = G @ c
         squared = c @ Gc
-        if not bool(squared > 0):
-            return torch.zeros(T, dtype=output_dtype(gramian), device=gramian.device)
         weights = (Gc.sum() / squared) * c
         return weights.to(output_dtype(gramian))
 

@@ -106,7 +106,7 @@ class GradDrop(Aggregator):
         if not self.batch_separated:
             masks = self._masks(work)
             return ((leaks + (1 - leaks) * masks) * work).sum(dim=0).to(jacobian.dtype)
-        shapes = getattr(inputs, "block_shapes", None)
+        shapes = inputs.block_shapes
         if inputs.input_values is None or shapes is None:
             raise ValueError(
                 "GradDrop(batch_separated=True) needs the values and the shapes of the feature tensors; "

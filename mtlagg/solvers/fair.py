@@ -79,8 +79,9 @@ def solve_alpha_fair(
             w = None  # an unusable warm start: start cold
     else:
         w = None
+    start = torch.where(diagonal > 0, diagonal, 1.0) ** (-1.0 / (1 + q))
     if w is None:
-        w = torch.where(diagonal > 0, diagonal, 1.0) ** (-1.0 / (1 + q))
+        w = start
 
     def objective(v: Tensor) -> float:
         utility = v.log().sum() if q == 1 else (v ** (1 - q)).sum() / (1 - q)
@@ -92,14 +93,18 @@ def solve_alpha_fair(
         Gw = G @ w
         power = w if q == 1 else w**q
         gradient = Gw - 1 / power
-        step = -torch.linalg.solve(G + torch.diag(q / (power * w)), gradient)
+        step, info = torch.linalg.solve_ex(G + torch.diag(q / (power * w)), gradient)
+        step = torch.where(info == 0, -step, torch.nan)  # a singular Hessian: w ran off to infinity
         # Fraction to the boundary: the largest step (up to 1) that keeps w > 0, with a margin.
         shrink = torch.where(step < 0, -0.99 * w / step, 1.0).amin()
-        residual, slope, limit = torch.stack([(power * Gw - 1).abs().amax(), gradient @ step, shrink]).tolist()
+        ratio = w / start
+        residual, slope, limit, spread = torch.stack(
+            [(power * Gw - 1).abs().amax(), gradient @ step, shrink, torch.maximum(ratio.amax(), 1 / ratio.amin())]
+        ).tolist()
         if residual <= tol:
             return FairSolution(w * factor, True, residual, iteration)
-        if iteration == max_iterations or not (math.isfinite(residual) and math.isfinite(slope)):
-            break
+        if iteration == max_iterations or not (math.isfinite(residual) and math.isfinite(slope)) or spread > 1e12:
+            break  # (w running off to infinity or to 0 relative to its start: no solution)
         t = min(1.0, limit)
         if -slope < 0.1:
             # Near the solution (Newton decrement below 0.1): full steps, no line search.
@@ -109,7 +114,7 @@ def solve_alpha_fair(
         # Backtracking (Armijo) on phi.
         if value is None:
             value = objective(w)
-        for _ in range(60):
+        for _ in range(40):
             candidate = w + t * step
             candidate_value = objective(candidate)
             if candidate_value <= value + 1e-4 * t * slope:

@@ -122,8 +122,11 @@ def _fallback(
     """The slow, robust path for the problems the active-set method did not solve.
 
     First the matrix is made numerically positive semi-definite (a Gramian formed in float32 can
-    have eigenvalues of about ``-1e-7`` times its norm, on which a factorisation fails), and the
-    active-set method is rerun; then the interior-point method, polished by an active-set step.
+    have eigenvalues of about ``-1e-7`` times its norm, on which a factorisation fails). Then a
+    primal active-set method (Lawson & Hanson's NNLS; Wolfe's min-norm-point method on the simplex)
+    that adds one coordinate at a time and keeps the free block non-singular: finite, and immune to
+    the cycling of the primal-dual method on degenerate (rank-deficient) problems. The
+    interior-point method, polished by an active-set step, is the last resort.
     """
     m = c.shape[-1]
     index = torch.nonzero(bad).flatten()
@@ -131,8 +134,8 @@ def _fallback(
     c_bad = c[index]
     if not bool(torch.isfinite(Q_bad).all() & torch.isfinite(c_bad).all()):
         raise SolverError("the QP has NaN or Inf entries (a non-finite task gradient reached the aggregator)")
-    fixed, settled = _active_set(Q_bad, c_bad, simplex, x[index] > 0, iterations)
-    ok = settled & _satisfies_kkt(Q_bad, c_bad, fixed, simplex)
+    fixed, ok = _primal_active_set(Q_bad, c_bad, simplex, 3 * m + 10)
+    ok &= _satisfies_kkt(Q_bad, c_bad, fixed, simplex)
     if not bool(ok.all()):
         x_ipm = _interior_point(Q_bad, c_bad, simplex, ipm_iterations)
         polished, _ = _active_set(Q_bad, c_bad, simplex, x_ipm > 1e-9, m + 5)
@@ -146,6 +149,55 @@ def _fallback(
                 f"{c.shape[0]} problems (m={m}); the Gramian may be too ill-conditioned"
             )
     return x.index_copy(0, index, fixed)
+
+
+def _primal_active_set(Q: Tensor, c: Tensor, simplex: bool, max_iterations: int) -> tuple[Tensor, Tensor]:
+    """Lawson-Hanson / Wolfe primal active set, batched; returns ``x`` and which problems finished.
+
+    ``x`` stays feasible. Each iteration either adds to the free set the coordinate with the most
+    negative reduced gradient (when the minimiser on the free set is feasible; the objective
+    strictly decreases) or, when that minimiser leaves the orthant, moves to the boundary towards
+    it and drops the coordinates that reach 0.
+    """
+    batch, m = c.shape
+    eye = torch.eye(m, dtype=c.dtype, device=c.device)
+    ridged = Q + _RIDGE * eye
+    rhs = torch.stack([torch.ones_like(c), -c], dim=-1) if simplex else -c[:, :, None]
+    if simplex:
+        # Start at the best vertex.
+        vertex = (0.5 * Q.diagonal(dim1=-2, dim2=-1) + c).argmin(dim=-1)
+        free = torch.nn.functional.one_hot(vertex, m).to(torch.bool)
+        x = free.to(c.dtype)
+    else:
+        free = torch.zeros_like(c, dtype=torch.bool)
+        x = torch.zeros_like(c)
+    done = torch.zeros(batch, dtype=torch.bool, device=c.device)
+    for _ in range(max_iterations):
+        block = torch.where(free[:, :, None] & free[:, None, :], ridged, eye)
+        factor, _ = torch.linalg.cholesky_ex(block)
+        z, nu = _combine(torch.cholesky_solve(torch.where(free[:, :, None], rhs, 0.0), factor), simplex)
+        leaving = free & (z <= 0)
+        inner = leaving.any(dim=-1) & ~done
+        # Inner step: towards z, up to the first coordinate that reaches 0.
+        ratio = torch.where(leaving, x / (x - z).clamp_min(1e-300), torch.inf).amin(dim=-1, keepdim=True).clamp(0, 1)
+        stepped = (x + ratio * (z - x)).clamp_min(0)
+        stepped = torch.where(free & (stepped > 0) & ~leaving | (free & (stepped > 0)), stepped, 0.0)
+        # Outer step: z is feasible; add the most negative reduced gradient, or finish.
+        gradient = _matvec(Q, z) + c
+        if nu is not None:
+            gradient = gradient - nu
+        reduced = torch.where(free, torch.inf, gradient)
+        best = reduced.argmin(dim=-1)
+        improving = reduced.gather(1, best[:, None])[:, 0] < -_FLIP
+        outer = ~inner & ~done
+        finished = outer & ~improving
+        x = torch.where(inner[:, None], stepped, torch.where(outer[:, None], z.clamp_min(0), x))
+        added = torch.nn.functional.one_hot(best, m).to(torch.bool) & (outer & improving)[:, None]
+        free = torch.where(inner[:, None], free & (stepped > 0), free | added)
+        done = done | finished
+        if bool(done.all()):
+            break
+    return x, done
 
 
 def _psd_part(Q: Tensor) -> Tensor:
