@@ -130,10 +130,11 @@ def _fallback(
     """
     m = c.shape[-1]
     index = torch.nonzero(bad).flatten()
-    Q_bad = _psd_part(Q if Q.dim() == 2 else Q[index])
+    Q_bad = Q if Q.dim() == 2 else Q[index]
     c_bad = c[index]
     if not bool(torch.isfinite(Q_bad).all() & torch.isfinite(c_bad).all()):
         raise SolverError("the QP has NaN or Inf entries (a non-finite task gradient reached the aggregator)")
+    Q_bad = _psd_part(Q_bad)
     fixed, ok = _primal_active_set(Q_bad, c_bad, simplex, 3 * m + 10)
     ok &= _satisfies_kkt(Q_bad, c_bad, fixed, simplex)
     if not bool(ok.all()):
