@@ -117,9 +117,10 @@ class AggregatorInput:
 
 
 def _check_finite(tensor: Tensor, what: str) -> None:
-    # Fast path: a finite sum (accumulated in float64) proves every entry finite; isfinite over a
-    # large matrix costs several times more than a sum on CPU.
-    if bool(torch.isfinite(tensor.sum(dtype=torch.float64))):
+    # Fast path: a finite sum proves every entry finite (an overflowing sum of finite entries
+    # just takes the slow path); isfinite over a large matrix costs several times more on CPU.
+    wide = tensor.dtype in (torch.float16, torch.bfloat16)
+    if bool(torch.isfinite(tensor.sum(dtype=torch.float32) if wide else tensor.sum())):
         return
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
