@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mtlagg.solvers import project_weights
+from mtlagg.solvers import project_weights, solve_nonneg_qp
 
 from ._base import AggregatorInput, Needs, WeightedAggregator, check_preference, preference_for
 from ._registry import register
@@ -44,8 +44,14 @@ class UPGrad(WeightedAggregator):
 
     def compute_weights(self, inputs: AggregatorInput) -> Tensor:
         gramian = inputs.gramian
-        pref = preference_for(self.pref_vector, inputs.num_tasks).to(gramian.device)
-        weights = project_weights(gramian, torch.diag(pref)).sum(dim=0)
+        T = inputs.num_tasks
+        if self.pref_vector is None:
+            # p = 1/T: problem k is min_{x >= 0} 1/2 x^T G x + (G e_k / T)^T x, w = 1/T + sum_k x_k.
+            G = gramian.to(torch.float64)
+            weights = solve_nonneg_qp(G, G * (1.0 / T)).sum(dim=0) + 1.0 / T
+        else:
+            pref = preference_for(self.pref_vector, T).to(gramian.device)
+            weights = project_weights(gramian, torch.diag(pref)).sum(dim=0)
         return weights.to(output_dtype(gramian))
 
     def extra_repr(self) -> str:

@@ -46,6 +46,8 @@ from .qp import _RIDGE, QP_TOLERANCE, solve_nonneg_qp
 #: Below this norm of ``g_w`` (relative to the largest task-gradient norm) the dual optimum is
 #: treated as the origin: ``g_w / ||g_w||`` cannot be formed accurately there.
 DEGENERATE_NORM = 1e-8
+#: Below this norm of ``g_w`` the optimum is checked against the origin.
+_SUSPICIOUS_NORM = 1e-4
 _FLIP = 1e-13
 
 
@@ -65,13 +67,16 @@ class CAGradDual(NamedTuple):
 def solve_cagrad_dual(gramian: Tensor, c: float) -> CAGradDual:
     """Solve the CAGrad dual for the ``T x T`` Gramian and the radius factor ``c >= 0``."""
     A = gramian.to(torch.float64)
-    A = (A + A.T) / 2
     T = A.shape[0]
     scale = float(A.diagonal().max())
     uniform = torch.full((T,), 1.0 / T, dtype=torch.float64, device=A.device)
-    if scale <= 0:
+    if not scale > 0:
+        if scale != scale:
+            raise SolverError("CAGrad: the Gramian has NaN or Inf entries")
         return CAGradDual(uniform, 0.0, False)
-    A = A / scale
+    # Symmetrised and scaled to a unit diagonal maximum (the faces are factorised with the ridge of
+    # the QP solver; norms, objectives and the KKT check use the matrix itself).
+    A = (A + A.T) * (0.5 / scale)
     b = A.mean(dim=1)
     r = c * math.sqrt(max(float(b.mean()), 0.0))
     if r <= 1e-12:
@@ -81,54 +86,81 @@ def solve_cagrad_dual(gramian: Tensor, c: float) -> CAGradDual:
         found = _newton(A, b, r)
     w, s = found
     _check_kkt(A, b, r, w, s)
+    if s < _SUSPICIOUS_NORM:
+        # Near g_w = 0 the KKT conditions cannot tell a tiny optimum from the origin (F's gradient
+        # is discontinuous there). If the origin is in the hull (F = 0 there) and does at least as
+        # well as w, the optimum is the origin.
+        origin = solve_nonneg_qp(A, torch.zeros_like(b), simplex=True)
+        if _norm(A, origin) <= DEGENERATE_NORM and float(b @ w) + r * s >= -1e-12:
+            return CAGradDual(origin, 0.0, True)
     if s <= DEGENERATE_NORM:
         return CAGradDual(w, 0.0, True)
     return CAGradDual(w, r / s, False)
 
 
-def _on_face(A: Tensor, b: Tensor, free: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, float, float]:
-    """``w_1, w_2, nu_1, nu_2`` on the face ``free`` (zeros elsewhere), ``nu_1 = ||g_{w_1}||^2`` and
-    ``w_2^T A w_2``."""
-    T = A.shape[0]
-    eye = torch.eye(T, dtype=A.dtype, device=A.device)
-    block = torch.where(free[:, None] & free[None, :], A + _RIDGE * eye, eye)
-    rhs = torch.where(free[:, None], torch.stack([torch.ones_like(b), b], dim=1), 0.0)
-    factor, info = torch.linalg.cholesky_ex(block)
-    if int(info) != 0:
-        solution = torch.linalg.solve(block, rhs)
-    else:
-        solution = torch.cholesky_solve(rhs, factor)
+class _Face(NamedTuple):
+    """The solution on a face: ``w(sigma) = y * (nu1 + sigma * nu2) - sigma * z`` (``A y = 1``,
+    ``A z = b`` on the face, zero elsewhere), with ``nu1 = ||g_{w_1}||^2 = 1 / sum(y)``,
+    ``nu2 = sum(z) / sum(y)`` and ``curvature = w_2^T A w_2 = b^T z - sum(z)^2 / sum(y)``."""
+
+    y: Tensor
+    z: Tensor
+    nu1: float
+    nu2: float
+    curvature: float
+
+    def weights(self, sigma: float) -> Tensor:
+        return torch.add(self.y * (self.nu1 + sigma * self.nu2), self.z, alpha=-sigma)
+
+    def root(self, r: float) -> float | None:
+        """The ``sigma`` with ``||g_{w(sigma)}|| = r sigma`` on this face, if any."""
+        denominator = r * r - self.curvature
+        if not denominator > 0:
+            return None
+        return math.sqrt(max(self.nu1, 0.0) / denominator)
+
+
+def _on_face(A: Tensor, rhs: Tensor, eye: Tensor, free: Tensor) -> _Face:
+    """Solve on the face ``free`` (``rhs`` = the columns ``1`` and ``b``); one host synchronisation."""
+    factor, _ = torch.linalg.cholesky_ex(torch.where(free[:, None] & free[None, :], A, eye))
+    solution = torch.linalg.solve_triangular(
+        factor.T, torch.linalg.solve_triangular(factor, torch.where(free[:, None], rhs, 0.0), upper=False), upper=True
+    )
     y, z = solution.unbind(1)
-    total_y, total_z = y.sum(), z.sum()
-    w1 = y / total_y
-    w2 = (total_z / total_y) * y - z
-    nu1 = 1 / total_y
-    nu2 = total_z / total_y
-    values = torch.stack([nu1, w2 @ A @ w2]).tolist()
-    return w1, w2, nu1, nu2, values[0], values[1]
+    total_y, total_z, bz = torch.stack([y.sum(), z.sum(), rhs[:, 1] @ z]).tolist()
+    if not (math.isfinite(total_y) and math.isfinite(total_z) and total_y > 0):
+        return _Face(y, z, math.nan, math.nan, math.nan)
+    return _Face(y, z, 1 / total_y, total_z / total_y, bz - total_z * total_z / total_y)
 
 
 def _active_set(A: Tensor, b: Tensor, r: float) -> tuple[Tensor, float] | None:
+    """The active-set iteration on ``F``; ``None`` when it does not settle on a valid face."""
     T = A.shape[0]
-    free = torch.ones(T, dtype=torch.bool, device=A.device)
+    eye = torch.eye(T, dtype=A.dtype, device=A.device)
+    ridged = A + _RIDGE * eye
+    rhs = torch.stack([torch.ones_like(b), b], dim=1)
+    # Start from the tasks whose gradient has a below-average inner product with the mean
+    # gradient: the optimum weighs the tasks the mean gradient helps least.
+    free = b < b.mean()
+    if not bool(free.any()):
+        free = torch.ones_like(free)
     sigma_cap = 1 / r  # ||g_w|| <= 1 after scaling, so sigma = ||g_w|| / r <= 1 / r
     for _ in range(2 * T + 5):
-        w1, w2, nu1, nu2, norm1, curvature = _on_face(A, b, free)
-        if not (math.isfinite(norm1) and math.isfinite(curvature)) or norm1 <= DEGENERATE_NORM**2:
-            return None  # (a face holding the origin: the safeguarded search decides)
-        denominator = r * r - curvature
-        sigma = math.sqrt(max(norm1, 0.0) / denominator) if denominator > 0 else sigma_cap
-        sigma = min(sigma, sigma_cap)
-        w = w1 + sigma * w2
-        reduced = A @ w + sigma * b - (nu1 + sigma * nu2)
+        face = _on_face(ridged, rhs, eye, free)
+        if not (face.nu1 > DEGENERATE_NORM**2 and math.isfinite(face.curvature)):
+            return None  # (a failed solve, or a face holding the origin: the safeguarded search decides)
+        root = face.root(r)
+        sigma = sigma_cap if root is None else min(root, sigma_cap)
+        w = face.weights(sigma)
+        reduced = torch.addmv(b, A, w, beta=sigma) - (face.nu1 + sigma * face.nu2)
         new_free = torch.where(free, w > -_FLIP, reduced < -_FLIP)
-        if not bool(new_free.any()):
-            return None
-        if bool(torch.equal(new_free, free)):
-            if denominator <= 0:
+        if torch.equal(new_free, free):
+            if root is None or root > sigma_cap:
                 return None
             w = w.clamp_min(0)
             return w / w.sum(), r * sigma
+        if not bool(new_free.any()):
+            return None
         free = new_free
     return None
 
@@ -146,6 +178,9 @@ def _newton(A: Tensor, b: Tensor, r: float) -> tuple[Tensor, float]:
     low, high = 0.0, 1.0 / r
     sigma = 0.5 * high
     w = torch.full_like(b, 1.0 / b.shape[0])
+    eye = torch.eye(b.shape[0], dtype=A.dtype, device=A.device)
+    ridged = A + _RIDGE * eye
+    rhs = torch.stack([torch.ones_like(b), b], dim=1)
     for _ in range(200):
         w = solve_nonneg_qp(A, sigma * b, simplex=True, initial_free=w > 0)
         s = _norm(A, w)
@@ -153,14 +188,15 @@ def _newton(A: Tensor, b: Tensor, r: float) -> tuple[Tensor, float]:
             low = sigma
         else:
             high = sigma
-        w1, w2, _, _, norm1, curvature = _on_face(A, b, w > 0)
-        root = math.inf
-        if r * r > curvature:
-            root = math.sqrt(max(norm1, 0.0) / (r * r - curvature))
-            candidate = (w1 + root * w2).clamp_min(0)
+        face = _on_face(ridged, rhs, eye, w > 0)
+        root = face.root(r) if math.isfinite(face.curvature) else None
+        if root is not None:
+            candidate = face.weights(root).clamp_min(0)
             candidate = candidate / candidate.sum()
             if _kkt_holds(A, b, r, candidate, r * root):
                 return candidate, r * root
+        else:
+            root = math.inf
         if r * high <= 1e-3 * DEGENERATE_NORM:
             return solve_nonneg_qp(A, torch.zeros_like(b), simplex=True), 0.0
         if high - low <= 1e-15 * high:
@@ -171,20 +207,23 @@ def _newton(A: Tensor, b: Tensor, r: float) -> tuple[Tensor, float]:
 
 def _kkt_holds(A: Tensor, b: Tensor, r: float, w: Tensor, s: float) -> bool:
     """The KKT conditions of ``F`` on the simplex at ``w`` (with ``s`` the claimed ``||g_w||``)."""
-    norm = _norm(A, w)
     tol = 1e3 * QP_TOLERANCE
-    if not (bool(torch.isfinite(w).all()) and abs(float(w.sum()) - 1) <= tol and float(w.min()) >= -tol):
+    Aw = A @ w
+    norm = (w @ Aw).clamp_min(0).sqrt()
+    # The gradient of F, b + r A w / ||g_w||, minus its multiplier on the simplex (w^T gradient).
+    gradient = b + (r / norm.clamp_min(1e-300)) * Aw
+    reduced = gradient - w @ gradient
+    values = torch.stack(
+        [norm, w.sum(), w.min(), reduced.min(), (w * reduced).abs().max(), torch.isfinite(w).all().to(w.dtype)]
+    ).tolist()
+    norm_value, total, smallest, reduced_min, complementarity, finite = values
+    if not (finite == 1 and abs(total - 1) <= tol and smallest >= -tol and abs(norm_value - s) <= tol * (1 + s)):
         return False
-    if abs(norm - s) > tol * (1 + s):
-        return False
-    if norm <= DEGENERATE_NORM:
+    if norm_value <= DEGENERATE_NORM:
         # An optimum at g_w = 0 has F = 0, so F must be >= 0 everywhere; check it at the vertices.
         vertices = b + r * A.diagonal().clamp_min(0).sqrt()
         return float(vertices.min()) >= -tol
-    gradient = b + (r / norm) * (A @ w)
-    mu = float(w @ gradient)
-    reduced = gradient - mu
-    return float(reduced.min()) >= -tol * (1 + r) and float((w * reduced).abs().max()) <= tol * (1 + r)
+    return reduced_min >= -tol * (1 + r) and complementarity <= tol * (1 + r)
 
 
 def _check_kkt(A: Tensor, b: Tensor, r: float, w: Tensor, s: float) -> None:

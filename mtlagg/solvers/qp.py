@@ -27,9 +27,11 @@ Method:
 3. The KKT conditions of every answer are checked against :data:`QP_TOLERANCE` (relative to the
    largest diagonal entry of ``Q``); failure raises :class:`~mtlagg.errors.SolverError`.
 
-Singular free blocks (duplicated or dependent task gradients) are solved with a ridge of
-``1e-12`` times the largest diagonal entry of ``Q``: the objective value, and thus the aggregated
-direction ``J^T x``, is exact to that tolerance even where ``x`` itself is not unique.
+The matrix gets a ridge of ``1e-12`` times its largest diagonal entry, so that singular free
+blocks (duplicated or dependent task gradients) factorise: the optimal value is exact to that
+relative tolerance even where ``x`` is not unique. On such degenerate problems the aggregated
+direction ``J^T x`` is accurate to about ``sqrt(1e-12) = 1e-6`` times ``||x||`` (a direction error
+``e`` costs ``e^2 / 2`` in the objective); on full-rank problems it is accurate to round-off.
 
 Everything runs in float64 on the device of the input. The only host synchronisation is one
 small read per active-set iteration (did any free set change, and how large is the largest one).
@@ -103,6 +105,9 @@ def solve_nonneg_qp(
         scale = 0.5 / torch.where(scale > 0, scale, 1.0)
         Q = (Q + Q.mT) * scale[:, None, None]
         c = c * (2 * scale[:, None])
+    # The ridge (see the module docstring), in place on this private copy: every step below,
+    # the KKT check included, works with the same matrix.
+    Q.diagonal(dim1=-2, dim2=-1).add_(_RIDGE)
     if initial_free is None:
         # From x = 0: the coordinates with a negative gradient are free (all of them on the simplex).
         free = torch.ones_like(c, dtype=torch.bool) if simplex else c < -_FLIP
@@ -110,9 +115,9 @@ def solve_nonneg_qp(
         free = initial_free.reshape(c.shape).to(device=c.device, dtype=torch.bool)
     iterations = max_active_set_iterations if max_active_set_iterations is not None else 2 * m + 10
     x, settled = _active_set(Q, c, simplex, free, iterations)
-    bad = ~(settled & _satisfies_kkt(Q, c, x, simplex))
-    if bool(bad.any()):
-        x = _fallback(Q, c, x, bad, simplex, iterations, max_interior_point_iterations)
+    ok = settled & _satisfies_kkt(Q, c, x, simplex)
+    if not bool(ok.all()):
+        x = _fallback(Q, c, x, ~ok, simplex, iterations, max_interior_point_iterations)
     return x[0] if squeeze else x
 
 
@@ -135,6 +140,7 @@ def _fallback(
     if not bool(torch.isfinite(Q_bad).all() & torch.isfinite(c_bad).all()):
         raise SolverError("the QP has NaN or Inf entries (a non-finite task gradient reached the aggregator)")
     Q_bad = _psd_part(Q_bad)
+    Q_bad.diagonal(dim1=-2, dim2=-1).add_(_RIDGE)
     fixed, ok = _primal_active_set(Q_bad, c_bad, simplex, 3 * m + 10)
     ok &= _satisfies_kkt(Q_bad, c_bad, fixed, simplex)
     if not bool(ok.all()):
@@ -162,7 +168,7 @@ def _primal_active_set(Q: Tensor, c: Tensor, simplex: bool, max_iterations: int)
     """
     batch, m = c.shape
     eye = torch.eye(m, dtype=c.dtype, device=c.device)
-    ridged = Q + _RIDGE * eye
+    ridged = Q
     rhs = torch.stack([torch.ones_like(c), -c], dim=-1) if simplex else -c[:, :, None]
     if simplex:
         # Start at the best vertex.
@@ -216,20 +222,20 @@ def _matvec(Q: Tensor, x: Tensor) -> Tensor:
 
 
 def _satisfies_kkt(Q: Tensor, c: Tensor, x: Tensor, simplex: bool) -> Tensor:
-    """Per problem: are the KKT conditions met to :data:`QP_TOLERANCE`? (``x`` is clamped at 0.)
+    """Per problem: are the KKT conditions met to :data:`QP_TOLERANCE`? (``x >= 0`` is assumed.)
 
-    With ``x >= 0`` and ``g = Qx + c`` (minus the multiplier ``mu`` of ``sum(x) = 1``): dual
-    feasibility ``g >= 0`` and complementarity ``x_i g_i = 0``, relative to the size of the problem.
+    With ``g = Qx + c`` (minus the multiplier of ``sum(x) = 1``): dual feasibility ``g >= 0`` and
+    complementarity ``x_i g_i = 0``, relative to the size of the problem; on the simplex also
+    ``sum(x) = 1``. NaN fails.
     """
     gradient = _matvec(Q, x) + c
     if simplex:
         # The multiplier by complementarity (weighting by x makes it insensitive to coordinates
         # that round-off left barely positive).
-        mu = (x * gradient).sum(dim=-1, keepdim=True) / x.sum(dim=-1, keepdim=True)
-        gradient = gradient - mu
-    violation = torch.maximum(-gradient, x * gradient.abs()).amax(dim=-1)
+        gradient = gradient - (x * gradient).sum(dim=-1, keepdim=True) / x.sum(dim=-1, keepdim=True)
+    violation = torch.maximum(-gradient, (x * gradient).abs()).amax(dim=-1)
     size = 1 + x.amax(dim=-1) + c.abs().amax(dim=-1)
-    ok = violation <= QP_TOLERANCE * size * size  # False on NaN
+    ok = violation <= QP_TOLERANCE * size * size
     if simplex:
         ok &= (x.sum(dim=-1) - 1).abs() <= QP_TOLERANCE
     return ok
@@ -250,16 +256,11 @@ def _active_set(Q: Tensor, c: Tensor, simplex: bool, free: Tensor, max_iteration
     batch, m = c.shape
     if simplex:
         free = free | ~free.any(dim=-1, keepdim=True)
-    # Q and the right-hand sides extended with m dummy coordinates (identity block, zero right-hand
-    # side): a free set of k < s coordinates is padded with distinct dummies, so the gathered block
-    # is Q_FF bordered by an identity and the padded unknowns come out exactly 0.
-    extended = Q.new_zeros(*Q.shape[:-2], 2 * m, 2 * m)
-    extended[..., :m, :m] = Q
-    extended.diagonal(dim1=-2, dim2=-1).add_(torch.cat([Q.new_full((m,), _RIDGE), Q.new_ones(m)]))
-    rhs = torch.stack([torch.ones_like(c), -c], dim=-1) if simplex else -c[:, :, None]
-    rhs = torch.cat([rhs, torch.zeros_like(rhs)], dim=1)
-    dummies = torch.arange(m, 2 * m, device=c.device)
-    eye = extended[..., m:, m:]
+        rhs = torch.stack([torch.ones_like(c), -c], dim=-1)
+    else:
+        rhs = -c[:, :, None]
+    eye = torch.eye(m, dtype=c.dtype, device=c.device)
+    gathered: _Gathered | None = None
     x = torch.zeros_like(c)
     working: Tensor | None = None  # indices of the problems still moving (None: all of them)
     Qw, cw = Q, c
@@ -270,23 +271,16 @@ def _active_set(Q: Tensor, c: Tensor, simplex: bool, free: Tensor, max_iteration
         if size == 0:
             xw, nu = torch.zeros_like(cw), None
         elif count < 8 or 4 * size > 3 * m:
-            block = torch.where(free[:, :, None] & free[:, None, :], extended[..., :m, :m], eye)
-            factor, _ = torch.linalg.cholesky_ex(block)
-            right = torch.where(free[:, :, None], rhs[:, :m], 0.0)
-            xw, nu = _combine(torch.cholesky_solve(right, factor), simplex)
+            factor, _ = torch.linalg.cholesky_ex(torch.where(free[:, :, None] & free[:, None, :], Qw, eye))
+            xw, nu = _combine(_cholesky_solve(factor, torch.where(free[:, :, None], rhs, 0.0)), simplex)
         else:
-            flags, index = torch.sort(free, dim=-1, descending=True)
-            index = torch.where(flags[:, :size], index[:, :size], dummies[:size])
-            if extended.dim() == 2:
-                rows = extended.index_select(0, index.view(-1)).view(count, size, 2 * m)
-            else:
-                rows = extended.gather(1, index[:, :, None].expand(count, size, 2 * m))
-            block = rows.gather(2, index[:, None, :].expand(count, size, size))
-            factor, _ = torch.linalg.cholesky_ex(block)
-            right = rhs.gather(1, index[:, :, None].expand(count, size, rhs.shape[-1]))
-            values, nu = _combine(torch.cholesky_solve(right, factor), simplex)
-            xw = values.new_zeros(count, 2 * m).scatter_(1, index, values)[:, :m]
-        gradient = _matvec(Qw, xw) + (cw if nu is None else cw - nu)
+            if gathered is None:
+                gathered = _Gathered(Qw, rhs)
+            xw, nu = gathered.solve(free, size, simplex)
+        if Qw.dim() == 2:
+            gradient = torch.addmm(cw if nu is None else cw - nu, xw, Qw)
+        else:
+            gradient = _matvec(Qw, xw) + (cw if nu is None else cw - nu)
         # The primal-dual active-set rule: free coordinates stay free while positive, fixed ones
         # are freed when their reduced gradient is negative (both up to round-off).
         new_free = torch.where(free, xw > -_FLIP, gradient < -_FLIP)
@@ -297,22 +291,70 @@ def _active_set(Q: Tensor, c: Tensor, simplex: bool, free: Tensor, max_iteration
             x = xw
         else:
             x.index_copy_(0, working, xw)
-        keep = torch.nonzero(moving).flatten()
-        moved = keep.shape[0]
+        # One host synchronisation: how many problems move, and their largest free set.
+        moved, size = torch.stack([moving.sum(), (new_free.sum(dim=-1) * moving).amax()]).tolist()
         if moved == 0:
             break
         if moved < count:
+            keep = torch.nonzero(moving).flatten()
             working = keep if working is None else working[keep]
             cw, new_free, rhs = cw[keep], new_free[keep], rhs[keep]
             if Qw.dim() == 3:
-                Qw, extended = Qw[keep], extended[keep]
-                eye = extended[..., m:, m:]
+                Qw = Qw[keep]
+            if gathered is not None:
+                gathered.subset(keep)
         free = new_free
-        size = int(free.sum(dim=-1).max())
     settled = torch.ones(batch, dtype=torch.bool, device=c.device)
     if bool(moving.any()):  # out of iterations
         settled[moving if working is None else working[moving]] = False
     return x.clamp_min(0), settled
+
+
+class _Gathered:
+    """Solves on free blocks gathered into ``s x s`` matrices.
+
+    ``Q`` and the right-hand sides are extended with ``m`` dummy coordinates (identity block, zero
+    right-hand side): a free set of ``k < s`` coordinates is padded with distinct dummies, so the
+    gathered block is ``Q_FF`` bordered by an identity and the padded unknowns come out exactly 0.
+    """
+
+    def __init__(self, Q: Tensor, rhs: Tensor) -> None:
+        m = rhs.shape[1]
+        eye = torch.eye(m, dtype=Q.dtype, device=Q.device)
+        if Q.dim() == 2:
+            self.Q = torch.block_diag(Q, eye)
+        else:
+            self.Q = Q.new_zeros(Q.shape[0], 2 * m, 2 * m)
+            self.Q[:, :m, :m] = Q
+            self.Q[:, m:, m:] = eye
+        self.rhs = torch.nn.functional.pad(rhs, (0, 0, 0, m))
+        self.positions = torch.arange(m, device=Q.device)
+
+    def subset(self, keep: Tensor) -> None:
+        if self.Q.dim() == 3:
+            self.Q = self.Q[keep]
+        self.rhs = self.rhs[keep]
+
+    def solve(self, free: Tensor, size: int, simplex: bool) -> tuple[Tensor, Tensor | None]:
+        count, m = free.shape
+        # Free coordinate j keeps the key j, fixed coordinate j gets the dummy m + j: the ``size``
+        # smallest keys are the free coordinates, padded with distinct dummies.
+        keys = torch.where(free, self.positions, self.positions + m)
+        index = torch.topk(keys, size, dim=-1, largest=False).values
+        if self.Q.dim() == 2:
+            rows = self.Q.index_select(0, index.view(-1)).view(count, size, 2 * m)
+        else:
+            rows = self.Q.gather(1, index[:, :, None].expand(count, size, 2 * m))
+        factor, _ = torch.linalg.cholesky_ex(rows.gather(2, index[:, None, :].expand(count, size, size)))
+        right = self.rhs.gather(1, index[:, :, None].expand(count, size, self.rhs.shape[-1]))
+        values, nu = _combine(_cholesky_solve(factor, right), simplex)
+        return values.new_zeros(count, 2 * m).scatter_(1, index, values)[:, :m], nu
+
+
+def _cholesky_solve(factor: Tensor, rhs: Tensor) -> Tensor:
+    """``(L L^T)^{-1} rhs`` by two triangular solves (cheaper than ``torch.cholesky_solve``, which
+    copies and re-triangularises the factor)."""
+    return torch.linalg.solve_triangular(factor.mT, torch.linalg.solve_triangular(factor, rhs, upper=False), upper=True)
 
 
 def _combine(solution: Tensor, simplex: bool) -> tuple[Tensor, Tensor | None]:
