@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
-from mtlagg.solvers import project_weights
+from mtlagg.solvers import project_weights, solve_nonneg_qp
 
 from ._base import AggregatorInput, Needs, WeightedAggregator, check_preference, preference_for
 from ._registry import register
@@ -39,8 +40,14 @@ class DualProj(WeightedAggregator):
 
     def compute_weights(self, inputs: AggregatorInput) -> Tensor:
         gramian = inputs.gramian
-        pref = preference_for(self.pref_vector, inputs.num_tasks).to(gramian.device)
-        return project_weights(gramian, pref).to(output_dtype(gramian))
+        if self.pref_vector is None:
+            # p = 1/T: min_{x >= 0} 1/2 x^T G x + (G p)^T x, v = p + x.
+            G = gramian.to(torch.float64)
+            weights = solve_nonneg_qp(G, G.mean(dim=1)) + 1.0 / inputs.num_tasks
+        else:
+            pref = preference_for(self.pref_vector, inputs.num_tasks).to(gramian.device)
+            weights = project_weights(gramian, pref)
+        return weights.to(output_dtype(gramian))
 
     def extra_repr(self) -> str:
         return "" if self.pref_vector is None else f"pref_vector={self.pref_vector.tolist()}"

@@ -54,6 +54,9 @@ class MGDA(WeightedAggregator):
 
     def compute_weights(self, inputs: AggregatorInput) -> Tensor:
         gramian = inputs.gramian.to(torch.float64)
+        if self.normalization == "none":
+            alpha = solve_nonneg_qp(gramian, gramian.new_zeros(inputs.num_tasks), simplex=True)
+            return alpha.to(output_dtype(inputs.gramian))
         scales = torch.ones(inputs.num_tasks, dtype=torch.float64, device=gramian.device)
         if self.normalization in ("l2", "loss+"):
             scales = scales * gramian.diagonal().clamp_min(0).sqrt()

@@ -89,35 +89,43 @@ def solve_alpha_fair(
 
     residual = math.inf
     value: float | None = None
+    inverse_start = 1 / start
     for iteration in range(max_iterations + 1):
         Gw = G @ w
-        power = w if q == 1 else w**q
-        gradient = Gw - 1 / power
-        step, info = torch.linalg.solve_ex(G + torch.diag(q / (power * w)), gradient)
-        step = torch.where(info == 0, -step, torch.nan)  # a singular Hessian: w ran off to infinity
-        # Fraction to the boundary: the largest step (up to 1) that keeps w > 0, with a margin.
-        shrink = torch.where(step < 0, -0.99 * w / step, 1.0).amin()
-        ratio = w / start
-        residual, slope, limit, spread = torch.stack(
-            [(power * Gw - 1).abs().amax(), gradient @ step, shrink, torch.maximum(ratio.amax(), 1 / ratio.amin())]
+        inverse = w.reciprocal() if q == 1 else w ** (-q)  # w^(-1/alpha)
+        gradient = Gw - inverse
+        # Newton step on phi: (G + diag(q w^(-q-1))) step = -gradient.
+        hessian = G + torch.diag(inverse / w if q == 1 else (q * inverse) / w)
+        step, info = torch.linalg.solve_ex(hessian, gradient)
+        ratio = w * inverse_start
+        stats = torch.stack(
+            [
+                (gradient / inverse).abs().amax(),  # = max |w^q (G w)_i - 1|
+                gradient @ step,  # = -(Newton decrement)^2
+                (step / w).amax(),  # the step is -step: its most negative relative move
+                torch.maximum(ratio.amax(), ratio.amin().reciprocal()),
+                info.to(G.dtype),
+            ]
         ).tolist()
+        residual, decrement, fastest, spread, failed = stats
         if residual <= tol:
             return FairSolution(w * factor, True, residual, iteration)
-        if iteration == max_iterations or not (math.isfinite(residual) and math.isfinite(slope)) or spread > 1e12:
-            break  # (w running off to infinity or to 0 relative to its start: no solution)
-        t = min(1.0, limit)
-        if -slope < 0.1:
+        if iteration == max_iterations or failed or not math.isfinite(residual + decrement) or spread > 1e12:
+            break  # (a singular Hessian, or w running off to infinity or to 0: no solution)
+        # Fraction to the boundary: the largest step (up to 1) that keeps w > 0, with a margin.
+        t = min(1.0, 0.99 / fastest) if fastest > 0 else 1.0
+        if decrement < 0.1:
             # Near the solution (Newton decrement below 0.1): full steps, no line search.
-            w = w + t * step
+            w = torch.add(w, step, alpha=-t)
             value = None
             continue
         # Backtracking (Armijo) on phi.
         if value is None:
             value = objective(w)
         for _ in range(40):
-            candidate = w + t * step
+            candidate = torch.add(w, step, alpha=-t)
             candidate_value = objective(candidate)
-            if candidate_value <= value + 1e-4 * t * slope:
+            if candidate_value <= value - 1e-4 * t * decrement:
                 break
             t *= 0.5
         else:

@@ -115,8 +115,10 @@ def solve_nonneg_qp(
         free = initial_free.reshape(c.shape).to(device=c.device, dtype=torch.bool)
     iterations = max_active_set_iterations if max_active_set_iterations is not None else 2 * m + 10
     x, settled = _active_set(Q, c, simplex, free, iterations)
-    ok = settled & _satisfies_kkt(Q, c, x, simplex)
-    if not bool(ok.all()):
+    if not (bool(settled.all()) if settled is not None else True) or not _all_satisfy_kkt(Q, c, x, simplex):
+        ok = _satisfies_kkt(Q, c, x, simplex)
+        if settled is not None:
+            ok &= settled
         x = _fallback(Q, c, x, ~ok, simplex, iterations, max_interior_point_iterations)
     return x[0] if squeeze else x
 
@@ -145,7 +147,7 @@ def _fallback(
     ok &= _satisfies_kkt(Q_bad, c_bad, fixed, simplex)
     if not bool(ok.all()):
         x_ipm = _interior_point(Q_bad, c_bad, simplex, ipm_iterations)
-        polished, _ = _active_set(Q_bad, c_bad, simplex, x_ipm > 1e-9, m + 5)
+        polished, _ = _active_set(Q_bad, c_bad, simplex, x_ipm > 1e-9, m + 5)  # (checked below)
         use_polished = _satisfies_kkt(Q_bad, c_bad, polished, simplex)
         candidate = torch.where(use_polished[:, None], polished, x_ipm.clamp_min(0))
         fixed = torch.where(ok[:, None], fixed, candidate)
@@ -221,6 +223,22 @@ def _matvec(Q: Tensor, x: Tensor) -> Tensor:
     return torch.bmm(Q, x[:, :, None])[:, :, 0]
 
 
+def _all_satisfy_kkt(Q: Tensor, c: Tensor, x: Tensor, simplex: bool) -> bool:
+    """:func:`_satisfies_kkt` for the whole batch at once, with the batch's largest sizes in the
+    tolerance (one host synchronisation, fewer operations)."""
+    gradient = _matvec(Q, x) + c
+    if simplex:
+        gradient = gradient - (x * gradient).sum(dim=-1, keepdim=True) / x.sum(dim=-1, keepdim=True)
+        violation = torch.maximum(-gradient, (x * gradient).abs()).amax()
+        stats = torch.stack([violation, x.amax(), c.abs().amax(), (x.sum(-1) - 1).abs().amax()]).tolist()
+    else:
+        stats = torch.stack([torch.maximum(-gradient, (x * gradient).abs()).amax(), x.amax(), c.abs().amax()]).tolist()
+        stats.append(0.0)
+    violation, largest_x, largest_c, total = stats
+    size = 1 + largest_x + largest_c
+    return violation <= QP_TOLERANCE * size * size and total <= QP_TOLERANCE
+
+
 def _satisfies_kkt(Q: Tensor, c: Tensor, x: Tensor, simplex: bool) -> Tensor:
     """Per problem: are the KKT conditions met to :data:`QP_TOLERANCE`? (``x >= 0`` is assumed.)
 
@@ -241,8 +259,15 @@ def _satisfies_kkt(Q: Tensor, c: Tensor, x: Tensor, simplex: bool) -> Tensor:
     return ok
 
 
-def _active_set(Q: Tensor, c: Tensor, simplex: bool, free: Tensor, max_iterations: int) -> tuple[Tensor, Tensor]:
-    """The primal-dual active-set iteration; returns ``x`` (clamped at 0) and which problems settled.
+#: Up to this many variables every solve uses the whole masked matrix (tiny factorisations).
+_DENSE_MAX = 16
+#: Dense active-set iterations between two host synchronisations.
+_BURST = 2
+
+
+def _active_set(Q: Tensor, c: Tensor, simplex: bool, free: Tensor, max_iterations: int) -> tuple[Tensor, Tensor | None]:
+    """The primal-dual active-set iteration; returns ``x`` (clamped at 0) and which problems settled
+    (``None``: all of them).
 
     A problem settles when its free set stops changing; the KKT conditions then hold up to
     round-off (the caller checks them). Settled problems leave the working batch. Each iteration
@@ -261,38 +286,50 @@ def _active_set(Q: Tensor, c: Tensor, simplex: bool, free: Tensor, max_iteration
         rhs = -c[:, :, None]
     eye = torch.eye(m, dtype=c.dtype, device=c.device)
     gathered: _Gathered | None = None
-    x = torch.zeros_like(c)
+    x = c  # (replaced by the first iterate)
     working: Tensor | None = None  # indices of the problems still moving (None: all of them)
     Qw, cw = Q, c
-    moving = torch.ones(batch, dtype=torch.bool, device=c.device)
-    size = int(free.sum(dim=-1).max())
-    for _ in range(max_iterations + 1):
+    moving = free[:, 0]  # (replaced in the first iteration)
+    size = int(free.sum(dim=-1).max()) if m > _DENSE_MAX else m
+    iteration = 0
+    while iteration <= max_iterations:
         count = cw.shape[0]
-        if size == 0:
-            xw, nu = torch.zeros_like(cw), None
-        elif count < 8 or 4 * size > 3 * m:
-            factor, _ = torch.linalg.cholesky_ex(torch.where(free[:, :, None] & free[:, None, :], Qw, eye))
-            xw, nu = _combine(_cholesky_solve(factor, torch.where(free[:, :, None], rhs, 0.0)), simplex)
-        else:
-            if gathered is None:
-                gathered = _Gathered(Qw, rhs)
-            xw, nu = gathered.solve(free, size, simplex)
-        if Qw.dim() == 2:
-            gradient = torch.addmm(cw if nu is None else cw - nu, xw, Qw)
-        else:
-            gradient = _matvec(Qw, xw) + (cw if nu is None else cw - nu)
-        # The primal-dual active-set rule: free coordinates stay free while positive, fixed ones
-        # are freed when their reduced gradient is negative (both up to round-off).
-        new_free = torch.where(free, xw > -_FLIP, gradient < -_FLIP)
-        if simplex:
-            new_free = new_free | ~new_free.any(dim=-1, keepdim=True)
+        dense = m <= _DENSE_MAX or count < 8 or 4 * size > 3 * m
+        # Dense solves need no sizes: run a burst of them between host synchronisations (a
+        # settled problem stays settled, so the extra iterations are harmless).
+        steps = _BURST if dense else 1
+        for step in range(steps):
+            if size == 0:
+                xw, nu = torch.zeros_like(cw), None
+            elif dense:
+                factor, _ = torch.linalg.cholesky_ex(torch.where(free[:, :, None] & free[:, None, :], Qw, eye))
+                xw, nu = _combine(_cholesky_solve(factor, torch.where(free[:, :, None], rhs, 0.0)), simplex)
+            else:
+                if gathered is None:
+                    gathered = _Gathered(Qw, rhs)
+                xw, nu = gathered.solve(free, size, simplex)
+            if Qw.dim() == 2:
+                gradient = torch.addmm(cw if nu is None else cw - nu, xw, Qw)
+            else:
+                gradient = _matvec(Qw, xw) + (cw if nu is None else cw - nu)
+            # The primal-dual active-set rule: free coordinates stay free while positive, fixed
+            # ones are freed when their reduced gradient is negative (both up to round-off).
+            new_free = torch.where(free, xw > -_FLIP, gradient < -_FLIP)
+            if simplex:
+                new_free = new_free | ~new_free.any(dim=-1, keepdim=True)
+            iteration += 1
+            if step < steps - 1:
+                free = new_free
         moving = (new_free != free).any(dim=-1)
         if working is None:
             x = xw
         else:
             x.index_copy_(0, working, xw)
         # One host synchronisation: how many problems move, and their largest free set.
-        moved, size = torch.stack([moving.sum(), (new_free.sum(dim=-1) * moving).amax()]).tolist()
+        if m <= _DENSE_MAX:
+            moved = int(moving.sum())
+        else:
+            moved, size = torch.stack([moving.sum(), (new_free.sum(dim=-1) * moving).amax()]).tolist()
         if moved == 0:
             break
         if moved < count:
@@ -304,9 +341,10 @@ def _active_set(Q: Tensor, c: Tensor, simplex: bool, free: Tensor, max_iteration
             if gathered is not None:
                 gathered.subset(keep)
         free = new_free
-    settled = torch.ones(batch, dtype=torch.bool, device=c.device)
-    if bool(moving.any()):  # out of iterations
-        settled[moving if working is None else working[moving]] = False
+    if moved == 0:
+        return x.clamp_min(0), None
+    settled = torch.ones(batch, dtype=torch.bool, device=c.device)  # out of iterations
+    settled[moving if working is None else working[moving]] = False
     return x.clamp_min(0), settled
 
 
