@@ -55,6 +55,9 @@ class Method:
     theirs: Factory | None
     #: the directions can be compared (deterministic methods with the same definition).
     comparable: bool = True
+    #: > 0: every call gets a new matrix, the base one plus this relative Gaussian perturbation of
+    #: the rows (a training-like sequence of close Jacobians, for warm-started solvers).
+    drift: float = 0.0
 
 
 def _torchjd() -> object | None:
@@ -86,6 +89,12 @@ def methods() -> list[Method]:
         Method("NashMTL", lambda T: NashMTL(max_norm=1.0), theirs(lambda tj, T: tj.NashMTL(n_tasks=T, max_norm=1.0))),
         Method("AlignedMTL", lambda T: AlignedMTL(), theirs(lambda tj, T: tj.AlignedMTL())),
         Method("UPGrad", lambda T: UPGrad(), theirs(lambda tj, T: tj.UPGrad())),
+        Method(
+            "UPGrad, warm start, drifting J",
+            lambda T: UPGrad(warm_start=True),
+            theirs(lambda tj, T: tj.UPGrad()),
+            drift=0.02,
+        ),
         Method("DualProj", lambda T: DualProj(), theirs(lambda tj, T: tj.DualProj())),
         Method("ConFIG", lambda T: ConFIG(), theirs(lambda tj, T: tj.ConFIG())),
         Method("Krum", lambda T: Krum(1, 2), theirs(lambda tj, T: tj.Krum(n_byzantine=1, n_selected=2))),
@@ -149,6 +158,8 @@ def run(
     rows: list[Row] = []
     for T in tasks:
         J = conflicting_matrix(T, n, seed)
+        g = torch.Generator().manual_seed(seed + 1)
+        noise = [torch.randn(J.shape, generator=g) * (J.norm(dim=1, keepdim=True) / math.sqrt(n)) for _ in range(16)]
         pairs = []
         for method in selected:
             ours = method.ours(T)
@@ -162,11 +173,12 @@ def run(
                     if theirs is not None:
                         theirs(J)
             times: dict[str, tuple[list[float], list[float]]] = {m.name: ([], []) for m, _, _ in pairs}
-            for _ in range(repeats):
+            for r in range(repeats):
                 for method, ours, theirs in pairs:
-                    times[method.name][0].append(_timed(lambda ours=ours, J=J: ours(J), timer))
+                    M = J + method.drift * noise[r % len(noise)] if method.drift else J
+                    times[method.name][0].append(_timed(lambda ours=ours, M=M: ours(M), timer))
                     if theirs is not None:
-                        times[method.name][1].append(_timed(lambda theirs=theirs, J=J: theirs(J), timer))
+                        times[method.name][1].append(_timed(lambda theirs=theirs, M=M: theirs(M), timer))
             for method, ours, theirs in pairs:
                 cosine = None
                 if theirs is not None and method.comparable:

@@ -12,7 +12,7 @@ from ._registry import register
 from ._utils import check_generator
 
 
-@register("rlw", "rgw")
+@register("rlw")
 class Random(WeightedAggregator):
     r"""Random weighting (Lin et al., "Reasonable Effectiveness of Random Weighting: A Litmus Test
     for Multi-Task Learning", TMLR 2022).

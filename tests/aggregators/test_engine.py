@@ -132,3 +132,28 @@ def test_nashmtl_warm_start_converges_to_the_same_weights() -> None:
     warm = NashMTL(warm_start=True)
     first, second = warm.weights_from_jacobian(J), warm.weights_from_jacobian(J)
     assert torch.allclose(first, second, rtol=1e-12) and torch.allclose(first, NashMTL().weights_from_jacobian(J))
+
+
+def test_upgrad_warm_start_gives_the_cold_answers_and_keeps_its_state() -> None:
+    from mtlagg.aggregators import UPGrad
+
+    from ._matrices import conflicting
+
+    g = torch.Generator().manual_seed(6)
+    base = conflicting(12, 40, g)
+    sequence = [base + 0.05 * torch.randn(base.shape, generator=g, dtype=torch.float64) for _ in range(5)]
+    warm = UPGrad(warm_start=True)
+    for J in sequence:
+        assert torch.allclose(warm(J), UPGrad()(J), atol=1e-12)
+    state = warm.state_dict()
+    assert state["free"].shape == (12, 12) and state["free"].dtype == torch.bool
+    other = UPGrad(warm_start=True)
+    other.load_state_dict(state)
+    assert torch.equal(other.state_dict()["free"], state["free"])
+    other.reset()
+    assert other.state_dict() == {"free": None}
+    with pytest.raises(ValueError, match=r"UPGrad state must have the key \['free'\]"):
+        other.load_state_dict({})
+    assert UPGrad().state_dict() == {}
+    with pytest.raises(TypeError, match="warm_start must be a bool"):
+        UPGrad(warm_start=1)  # type: ignore[arg-type]
