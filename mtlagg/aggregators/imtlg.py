@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ._base import AggregatorInput, Needs, WeightedAggregator
+from ._linalg import pinv_solve
 from ._registry import register
 from ._utils import output_dtype
 
@@ -25,10 +26,11 @@ class IMTLG(WeightedAggregator):
     .. math:: w = \frac{G^{+} n}{\mathbf 1^\top G^{+} n}.
 
     The paper's closed form (:math:`\alpha_{2..T} = g_1 U^\top (D U^\top)^{-1}`) is the same
-    solution for linearly independent gradients; the pseudo-inverse (in float64, through the
-    eigendecomposition of ``G``, eigenvalues below ``T * eps(G.dtype)`` times the largest treated
-    as 0) extends it to rank-deficient Jacobians, as TorchJD does, instead of inverting a singular
-    matrix (MTLlib and LibMTL use ``torch.inverse``, which returns inf/NaN there).
+    solution for linearly independent gradients; the pseudo-inverse (in float64; eigenvalues below
+    ``T * eps(G.dtype)`` times the largest treated as 0: a Cholesky solve when no eigenvalue is
+    that small, the eigendecomposition otherwise) extends it to rank-deficient Jacobians, as
+    TorchJD does, instead of inverting a singular matrix (MTLlib and LibMTL use ``torch.inverse``,
+    which returns inf/NaN there).
 
     Documented edge cases: ``T = 1`` gives ``w = [1]``; zero gradients get weight 0; if
     :math:`\mathbf 1^\top G^+ n` vanishes (relative to :math:`\sum_i |(G^+ n)_i|`, e.g. the zero
@@ -44,13 +46,8 @@ class IMTLG(WeightedAggregator):
         gramian = inputs.gramian
         G = gramian.to(torch.float64)
         G = (G + G.T) / 2
-        T = G.shape[0]
-        eps = torch.finfo(output_dtype(gramian)).eps
-        values, vectors = torch.linalg.eigh(G)
-        cutoff = values.max().clamp_min(0) * T * eps
-        inverse = torch.where(values > cutoff, 1 / torch.where(values > cutoff, values, 1), 0.0)
         norms = G.diagonal().clamp_min(0).sqrt()
-        v = vectors @ (inverse * (vectors.T @ norms))
+        v = pinv_solve(G, norms, torch.finfo(output_dtype(gramian)).eps)
         total = v.sum()
         weights = torch.where(total.abs() > 1e-10 * v.abs().sum(), v / total, torch.zeros_like(v))
         return weights.to(output_dtype(gramian))
