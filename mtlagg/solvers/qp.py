@@ -113,7 +113,8 @@ def solve_nonneg_qp(
         free = torch.ones_like(c, dtype=torch.bool) if simplex else c < -_FLIP
     else:
         free = initial_free.reshape(c.shape).to(device=c.device, dtype=torch.bool)
-    iterations = max_active_set_iterations if max_active_set_iterations is not None else 2 * m + 10
+    # (the method settles in a handful of iterations or cycles: no point waiting 2m + 10)
+    iterations = max_active_set_iterations if max_active_set_iterations is not None else min(2 * m + 10, 25)
     x, settled = _active_set(Q, c, simplex, free, iterations)
     if not (bool(settled.all()) if settled is not None else True) or not _all_satisfy_kkt(Q, c, x, simplex):
         ok = _satisfies_kkt(Q, c, x, simplex)
@@ -128,12 +129,13 @@ def _fallback(
 ) -> Tensor:
     """The slow, robust path for the problems the active-set method did not solve.
 
-    First the matrix is made numerically positive semi-definite (a Gramian formed in float32 can
-    have eigenvalues of about ``-1e-7`` times its norm, on which a factorisation fails). Then a
-    primal active-set method (Lawson & Hanson's NNLS; Wolfe's min-norm-point method on the simplex)
-    that adds one coordinate at a time and keeps the free block non-singular: finite, and immune to
-    the cycling of the primal-dual method on degenerate (rank-deficient) problems. The
-    interior-point method, polished by an active-set step, is the last resort.
+    In order: a primal active-set method (Lawson & Hanson's NNLS; Wolfe's min-norm-point method on
+    the simplex) that adds one coordinate at a time and keeps the free block non-singular (finite,
+    and immune to the cycling of the primal-dual method on degenerate, rank-deficient problems);
+    proximal-point iterations of the primal-dual method; both again on the matrix made numerically
+    positive semi-definite (a Gramian formed in float32 can have eigenvalues of about ``-1e-7``
+    times its norm, on which factorisations fail); the interior-point method, polished by an
+    active-set step, as the last resort.
     """
     m = c.shape[-1]
     index = torch.nonzero(bad).flatten()
@@ -141,10 +143,24 @@ def _fallback(
     c_bad = c[index]
     if not bool(torch.isfinite(Q_bad).all() & torch.isfinite(c_bad).all()):
         raise SolverError("the QP has NaN or Inf entries (a non-finite task gradient reached the aggregator)")
-    Q_bad = _psd_part(Q_bad)
-    Q_bad.diagonal(dim1=-2, dim2=-1).add_(_RIDGE)
-    fixed, ok = _primal_active_set(Q_bad, c_bad, simplex, 3 * m + 10)
-    ok &= _satisfies_kkt(Q_bad, c_bad, fixed, simplex)
+    fixed = x[index]
+    ok = torch.zeros(index.shape[0], dtype=torch.bool, device=c.device)
+    for repaired in (False, True):
+        if repaired:
+            Q_bad = _psd_part(Q_bad)
+            Q_bad.diagonal(dim1=-2, dim2=-1).add_(_RIDGE)
+        for stage in ("primal", "proximal"):
+            if bool(ok.all()):
+                break
+            rest = torch.nonzero(~ok).flatten()
+            Q_rest = Q_bad if Q_bad.dim() == 2 else Q_bad[rest]
+            if stage == "primal":
+                found, done = _primal_active_set(Q_rest, c_bad[rest], simplex, 2 * m + 10)
+                done &= _satisfies_kkt(Q_rest, c_bad[rest], found, simplex)
+            else:
+                found, done = _proximal_active_set(Q_rest, c_bad[rest], simplex, fixed[rest], iterations)
+            fixed = fixed.index_copy(0, rest, torch.where(done[:, None], found, fixed[rest]))
+            ok = ok.index_copy(0, rest, done)
     if not bool(ok.all()):
         x_ipm = _interior_point(Q_bad, c_bad, simplex, ipm_iterations)
         polished, _ = _active_set(Q_bad, c_bad, simplex, x_ipm > 1e-9, m + 5)  # (checked below)
@@ -158,6 +174,44 @@ def _fallback(
                 f"{c.shape[0]} problems (m={m}); the Gramian may be too ill-conditioned"
             )
     return x.index_copy(0, index, fixed)
+
+
+#: The proximal weight of the fallback, relative to the largest diagonal entry of ``Q``.
+_PROXIMAL = 1e-3
+
+
+def _proximal_active_set(
+    Q: Tensor, c: Tensor, simplex: bool, x: Tensor, iterations: int, max_steps: int = 10
+) -> tuple[Tensor, Tensor]:
+    """Proximal-point iterations, each solved by the primal-dual active-set method.
+
+    Degenerate (rank-deficient) problems make the primal-dual method cycle: the minimiser is not
+    unique and the free blocks are singular. The proximal problems
+    ``min 1/2 x^T Q x + c^T x + rho/2 ||x - x_k||^2`` are strongly convex and well conditioned, the
+    active-set method settles on them in a few warm-started iterations, and their solutions
+    converge to a solution of the original problem (Rockafellar 1976); the iteration stops, problem
+    by problem, when the original KKT conditions hold. Returns ``x`` and which problems converged.
+    """
+    batch = c.shape[0]
+    shifted = Q.clone()
+    shifted.diagonal(dim1=-2, dim2=-1).add_(_PROXIMAL)
+    x = x.clamp_min(0)
+    ok = torch.zeros(batch, dtype=torch.bool, device=c.device)
+    working = torch.arange(batch, device=c.device)
+    for _ in range(max_steps):
+        Q_w = shifted if shifted.dim() == 2 else shifted[working]
+        x_w, _ = _active_set(Q_w, c[working] - _PROXIMAL * x[working], simplex, x[working] > 0, min(iterations, 15))
+        x = x.index_copy(0, working, x_w)
+        # Iterate well past the tolerance of the check: on degenerate problems the direction's
+        # accuracy is about the square root of the KKT residual.
+        converged = _satisfies_kkt(Q if Q.dim() == 2 else Q[working], c[working], x_w, simplex, 1e-3 * QP_TOLERANCE)
+        ok = ok.index_copy(0, working, converged)
+        if bool(converged.all()):
+            break
+        working = working[~converged]
+    Q_w = Q if Q.dim() == 2 else Q[working]
+    ok = ok.index_copy(0, working, _satisfies_kkt(Q_w, c[working], x[working], simplex))
+    return x, ok
 
 
 def _primal_active_set(Q: Tensor, c: Tensor, simplex: bool, max_iterations: int) -> tuple[Tensor, Tensor]:
@@ -181,10 +235,16 @@ def _primal_active_set(Q: Tensor, c: Tensor, simplex: bool, max_iterations: int)
         free = torch.zeros_like(c, dtype=torch.bool)
         x = torch.zeros_like(c)
     done = torch.zeros(batch, dtype=torch.bool, device=c.device)
+    gathered = _Gathered(ridged, rhs) if m > _DENSE_MAX else None
+    size = int(free.sum(dim=-1).max())
     for _ in range(max_iterations):
-        block = torch.where(free[:, :, None] & free[:, None, :], ridged, eye)
-        factor, _ = torch.linalg.cholesky_ex(block)
-        z, nu = _combine(torch.cholesky_solve(torch.where(free[:, :, None], rhs, 0.0), factor), simplex)
+        if gathered is not None and 4 * size <= 3 * m:
+            # The free sets stay small (at most the rank of Q): solve on gathered blocks.
+            z, nu = gathered.solve(free, max(size, 1), simplex)
+        else:
+            block = torch.where(free[:, :, None] & free[:, None, :], ridged, eye)
+            factor, _ = torch.linalg.cholesky_ex(block)
+            z, nu = _combine(_cholesky_solve(factor, torch.where(free[:, :, None], rhs, 0.0)), simplex)
         leaving = free & (z <= 0)
         inner = leaving.any(dim=-1) & ~done
         # Inner step: towards z, up to the first coordinate that reaches 0.
@@ -197,14 +257,17 @@ def _primal_active_set(Q: Tensor, c: Tensor, simplex: bool, max_iterations: int)
             gradient = gradient - nu
         reduced = torch.where(free, torch.inf, gradient)
         best = reduced.argmin(dim=-1)
-        improving = reduced.gather(1, best[:, None])[:, 0] < -_FLIP
+        # (a reduced gradient within the KKT tolerance is not worth a coordinate: on degenerate
+        # problems round-off would keep adding and dropping coordinates)
+        improving = reduced.gather(1, best[:, None])[:, 0] < -0.1 * QP_TOLERANCE
         outer = ~inner & ~done
         finished = outer & ~improving
         x = torch.where(inner[:, None], stepped, torch.where(outer[:, None], z.clamp_min(0), x))
         added = torch.nn.functional.one_hot(best, m).to(torch.bool) & (outer & improving)[:, None]
         free = torch.where(inner[:, None], free & (stepped > 0), free | added)
         done = done | finished
-        if bool(done.all()):
+        finished_all, size = torch.stack([done.all().to(torch.int64), free.sum(dim=-1).max()]).tolist()
+        if finished_all:
             break
     return x, done
 
@@ -239,7 +302,7 @@ def _all_satisfy_kkt(Q: Tensor, c: Tensor, x: Tensor, simplex: bool) -> bool:
     return violation <= QP_TOLERANCE * size * size and total <= QP_TOLERANCE
 
 
-def _satisfies_kkt(Q: Tensor, c: Tensor, x: Tensor, simplex: bool) -> Tensor:
+def _satisfies_kkt(Q: Tensor, c: Tensor, x: Tensor, simplex: bool, tolerance: float = QP_TOLERANCE) -> Tensor:
     """Per problem: are the KKT conditions met to :data:`QP_TOLERANCE`? (``x >= 0`` is assumed.)
 
     With ``g = Qx + c`` (minus the multiplier of ``sum(x) = 1``): dual feasibility ``g >= 0`` and
@@ -253,9 +316,9 @@ def _satisfies_kkt(Q: Tensor, c: Tensor, x: Tensor, simplex: bool) -> Tensor:
         gradient = gradient - (x * gradient).sum(dim=-1, keepdim=True) / x.sum(dim=-1, keepdim=True)
     violation = torch.maximum(-gradient, (x * gradient).abs()).amax(dim=-1)
     size = 1 + x.amax(dim=-1) + c.abs().amax(dim=-1)
-    ok = violation <= QP_TOLERANCE * size * size
+    ok = violation <= tolerance * size * size
     if simplex:
-        ok &= (x.sum(dim=-1) - 1).abs() <= QP_TOLERANCE
+        ok &= (x.sum(dim=-1) - 1).abs() <= tolerance
     return ok
 
 
@@ -263,6 +326,8 @@ def _satisfies_kkt(Q: Tensor, c: Tensor, x: Tensor, simplex: bool) -> Tensor:
 _DENSE_MAX = 16
 #: Dense active-set iterations between two host synchronisations.
 _BURST = 2
+#: From this iteration on, the active-set method looks for cycles.
+_CYCLE_CHECK = 8
 
 
 def _active_set(Q: Tensor, c: Tensor, simplex: bool, free: Tensor, max_iterations: int) -> tuple[Tensor, Tensor | None]:
@@ -292,6 +357,8 @@ def _active_set(Q: Tensor, c: Tensor, simplex: bool, free: Tensor, max_iteration
     moving = free[:, 0]  # (replaced in the first iteration)
     size = int(free.sum(dim=-1).max()) if m > _DENSE_MAX else m
     iteration = 0
+    cycled: list[Tensor] = []
+    before = free
     while iteration <= max_iterations:
         count = cw.shape[0]
         dense = m <= _DENSE_MAX or count < 8 or 4 * size > 3 * m
@@ -319,8 +386,18 @@ def _active_set(Q: Tensor, c: Tensor, simplex: bool, free: Tensor, max_iteration
                 new_free = new_free | ~new_free.any(dim=-1, keepdim=True)
             iteration += 1
             if step < steps - 1:
-                free = new_free
+                before, free = free, new_free
         moving = (new_free != free).any(dim=-1)
+        if iteration >= _CYCLE_CHECK:
+            # Past the usual number of iterations, a problem returning to the free set it had two
+            # iterations ago is cycling (degenerate problems): it stops here, unsettled.
+            cycling = moving & (new_free == before).all(dim=-1)
+            if bool(cycling.any()):
+                index = torch.nonzero(cycling).flatten()
+                cycled.append(index if working is None else working[index])
+                new_free = torch.where(cycling[:, None], free, new_free)
+                moving = moving & ~cycling
+        before = free
         if working is None:
             x = xw
         else:
@@ -335,16 +412,20 @@ def _active_set(Q: Tensor, c: Tensor, simplex: bool, free: Tensor, max_iteration
         if moved < count:
             keep = torch.nonzero(moving).flatten()
             working = keep if working is None else working[keep]
-            cw, new_free, rhs = cw[keep], new_free[keep], rhs[keep]
+            cw, new_free, rhs, before = cw[keep], new_free[keep], rhs[keep], before[keep]
             if Qw.dim() == 3:
                 Qw = Qw[keep]
             if gathered is not None:
                 gathered.subset(keep)
         free = new_free
-    if moved == 0:
+    if moved == 0 and not cycled:
         return x.clamp_min(0), None
-    settled = torch.ones(batch, dtype=torch.bool, device=c.device)  # out of iterations
-    settled[moving if working is None else working[moving]] = False
+    settled = torch.ones(batch, dtype=torch.bool, device=c.device)
+    if moved > 0:
+        # Out of iterations: the problems still in the working batch (all still moving) failed.
+        settled[slice(None) if working is None else working] = False
+    for index in cycled:
+        settled[index] = False
     return x.clamp_min(0), settled
 
 
@@ -379,11 +460,17 @@ class _Gathered:
         # smallest keys are the free coordinates, padded with distinct dummies.
         keys = torch.where(free, self.positions, self.positions + m)
         index = torch.topk(keys, size, dim=-1, largest=False).values
-        if self.Q.dim() == 2:
-            rows = self.Q.index_select(0, index.view(-1)).view(count, size, 2 * m)
-        else:
+        if self.Q.dim() == 3:
             rows = self.Q.gather(1, index[:, :, None].expand(count, size, 2 * m))
-        factor, _ = torch.linalg.cholesky_ex(rows.gather(2, index[:, None, :].expand(count, size, size)))
+            block = rows.gather(2, index[:, None, :].expand(count, size, size))
+        elif m <= size:
+            # Whole rows then columns: two cheap kernels (the rows are few and short).
+            rows = self.Q.index_select(0, index.view(-1)).view(count, size, 2 * m)
+            block = rows.gather(2, index[:, None, :].expand(count, size, size))
+        else:
+            # Long rows: pick the entries directly rather than materialise count * size rows.
+            block = self.Q[index[:, :, None], index[:, None, :]]
+        factor, _ = torch.linalg.cholesky_ex(block)
         right = self.rhs.gather(1, index[:, :, None].expand(count, size, self.rhs.shape[-1]))
         values, nu = _combine(_cholesky_solve(factor, right), simplex)
         return values.new_zeros(count, 2 * m).scatter_(1, index, values)[:, :m], nu
