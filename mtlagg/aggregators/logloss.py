@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from ._base import Aggregator, AggregatorInput, WeightedAggregator
+from ._base import Aggregator, AggregatorInput, Needs, WeightedAggregator
 from ._registry import register
 from ._utils import check_float
 from .cagrad import CAGrad
@@ -130,6 +130,8 @@ class SI(WeightedLogLoss):
     r"""Scale-invariant loss (the SI baseline of Navon et al., ICML 2022; MTLlib ``scaleinvls``):
     :math:`\sum_i \log L_i`, so :math:`d = \sum_i g_i / L_i`. ``LogLoss(Sum())``; needs only the
     loss values (one ordinary backward). Scale convention: **sum** of the log-loss gradients."""
+
+    needs: ClassVar[Needs] = Needs.LOSSES
 
     def __init__(self, *, eps: float = 0.0) -> None:
         super().__init__(Sum(), eps=eps)

@@ -57,8 +57,16 @@ class Random(WeightedAggregator):
     def compute_weights(self, inputs: AggregatorInput) -> Tensor:
         reference = weights_like([], inputs)
         device = self.generator.device if self.generator is not None else reference.device
-        logits = torch.randn(inputs.num_tasks, generator=self.generator, device=device, dtype=torch.float64)
-        return torch.softmax(logits, dim=0).to(device=reference.device, dtype=reference.dtype)
+        logits = torch.randn(inputs.num_tasks, generator=self.generator, device=device, dtype=reference.dtype)
+        return torch.softmax(logits, dim=0).to(reference.device)
+
+    def compute_direction(self, inputs: AggregatorInput) -> Tensor:
+        jacobian = inputs.jacobian
+        assert jacobian is not None
+        device = self.generator.device if self.generator is not None else jacobian.device
+        dtype = jacobian.dtype if jacobian.dtype in (torch.float32, torch.float64) else torch.float32
+        logits = torch.randn(inputs.num_tasks, generator=self.generator, device=device, dtype=dtype)
+        return torch.softmax(logits, dim=0).to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
