@@ -110,8 +110,13 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
             indegree[root[0]] = 0
             stack.append(root[0])
     cut_parents: dict[Node, list[Edge]] = {}
+    variables: dict[Node, Tensor] = {}  # AccumulateGrad node -> its leaf tensor
     while stack:
         node = stack.pop()
+        if type(node).__name__ == "AccumulateGrad":
+            variables[node] = node.variable
+            children[node] = []
+            continue
         kept = []
         for child, nr in node.next_functions:
             if child is None:
@@ -162,15 +167,16 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
             continue
         for edge in cut_parents.get(node, ()):
             graph.cut_masks[edge] = graph.cut_masks.get(edge, 0) | mask
-        variable = getattr(node, "variable", None)
+        variable = variables.get(node)
         if variable is not None:  # AccumulateGrad: a leaf
             graph.leaves[id(variable)] = (variable, mask)
-        exclusive = popcount(mask) == 1
+            continue
+        exclusive = mask & (mask - 1) == 0
         if not exclusive:
             graph.common_nodes.append(node)
         task = mask.bit_length() - 1
         for child, nr in children[node]:
-            child_variable = getattr(child, "variable", None)
+            child_variable = variables.get(child)
             if child_variable is not None:
                 if exclusive:
                     if id(child_variable) not in direct_leaf_ids[task]:
@@ -179,7 +185,7 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
                 elif id(child_variable) not in common_leaf_ids:
                     common_leaf_ids.add(id(child_variable))
                     graph.common_leaves.append(child_variable)
-            elif exclusive and popcount(masks[child]) > 1 and (child, nr) not in boundary_sets[task]:
+            elif exclusive and masks[child] != mask and (child, nr) not in boundary_sets[task]:
                 boundary_sets[task].add((child, nr))
                 graph.boundary[task].append((child, nr))
     # A root that the losses share (e.g. the entries of one loss vector) is itself the boundary.
@@ -187,7 +193,7 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
         if root is None or root in cuts:
             continue
         node = root[0]
-        variable = getattr(node, "variable", None)
+        variable = variables.get(node)
         if variable is not None:
             if popcount(masks[node]) == 1:
                 if id(variable) not in direct_leaf_ids[i]:
