@@ -263,7 +263,8 @@ class NormalAngles(Metric):
     ``pred`` ``(B, 3, H, W)`` is L2-normalised per pixel first; angle = acos(clamp(<p, t>, -1, 1)).
     Returns the mean and median angle and the shares of pixels within 11.25, 22.5 and 30 degrees.
     With ``reduction="pixel"`` the median is over all valid pixels of the split, read from a histogram
-    with ``bin_width`` degrees (1e-3 by default, linear interpolation inside the bin); ``"batch"`` averages
+    with ``bin_width`` degrees (1e-3 by default): exact to ``bin_width / 2`` (the middle order statistics
+    are taken at their bin centres; the mean of the two for an even count). ``"batch"`` averages
     per-batch means, medians and shares (the peers).
     """
 
@@ -314,14 +315,17 @@ class NormalAngles(Metric):
         self.count += n
         self.batch_values.append([float(angle.mean()), float(angle.median()), *[w / n for w in within]])
 
+    def _order_statistic(self, cum: torch.Tensor, k: int) -> float:
+        """Centre of the bin holding the k-th smallest angle (1-based): within ``bin_width / 2`` of it."""
+        b = int(torch.searchsorted(cum, torch.tensor(k, dtype=cum.dtype), right=False))
+        return (b + 0.5) * self.bin_width
+
     def _hist_median(self) -> float:
         cum = torch.cumsum(self.hist, 0)
-        half = self.count / 2.0
-        k = int(torch.searchsorted(cum, torch.tensor(half, dtype=cum.dtype), right=False))
-        before = float(cum[k - 1]) if k > 0 else 0.0
-        in_bin = float(self.hist[k])
-        frac = (half - before) / in_bin if in_bin else 0.0
-        return (k + frac) * self.bin_width
+        n = self.count
+        if n % 2:
+            return self._order_statistic(cum, (n + 1) // 2)
+        return 0.5 * (self._order_statistic(cum, n // 2) + self._order_statistic(cum, n // 2 + 1))
 
     def compute(self) -> dict[str, float]:
         self._check_nonempty(self.count)
