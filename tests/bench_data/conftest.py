@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +67,16 @@ def tiny_tokenizer(tmp_path: Path):
     """A BERT WordPiece tokenizer over a 60-word vocabulary (written to a tmp file; no download)."""
     transformers = pytest.importorskip("transformers")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *WORDS]
+    vocab = list(dict.fromkeys(vocab))
     path = tmp_path / "vocab.txt"
-    path.write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
-    return transformers.BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    if "vocab" in inspect.signature(transformers.BertTokenizer.__init__).parameters:  # transformers >= 5
+        tok = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    else:
+        tok = transformers.BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+    assert tok.vocab_size == len(vocab)
+    assert tok.convert_tokens_to_ids("guitar") == vocab.index("guitar")
+    return tok
 
 
 def digit_sources(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
