@@ -462,8 +462,8 @@ _QUICK = Protocol(
     batch_size=64,
     epochs=3,
     model="qm9_mpnn",
-    model_kwargs={"dim": 32, "edge_hidden": 32},
-    subset={"train": 4000, "val": 1000, "test": 1000},
+    model_kwargs={"dim": 16, "edge_hidden": 32},
+    subset={"train": 3000, "val": 1000, "test": 1000},
     source="mtlagg quick preset (a subset of the protocol split, a smaller NNConv network)",
 )
 

@@ -205,3 +205,15 @@ def test_compute_all_flattens_keys():
     f = BinaryF1()
     f.update(torch.tensor([1.0]), torch.tensor([1.0]))
     assert compute_all({"left": a, "Smiling": f}) == {"left/accuracy": 1.0, "Smiling/f1": 1.0}
+
+
+@pytest.mark.parametrize("n_valid", [1, 2, 3, 10, 57, 200, 1001])
+def test_normal_median_within_half_a_bin_for_odd_and_even_counts(n_valid):
+    g = torch.Generator().manual_seed(n_valid)
+    target = torch.nn.functional.normalize(torch.randn(1, 3, 1, n_valid, generator=g), dim=1)
+    pred = target + torch.randn(1, 3, 1, n_valid, generator=g)
+    for bin_width in (1e-3, 0.5):
+        m = NormalAngles(bin_width=bin_width)
+        m.update(pred, target)
+        ang = _angles_np(pred.double().numpy(), target.double().numpy())
+        assert m.compute()["angle_median"] == pytest.approx(np.median(ang), abs=bin_width / 2 + 1e-9)
