@@ -14,6 +14,7 @@ comes from is the ``gate_input`` option:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -44,10 +45,17 @@ def check_gate_input(gate_input: GateInput, gate_in_features: int | None, what: 
 
 
 class ExpertGroup(nn.Module):
-    """``n`` experts applied to the same input; returns their outputs stacked, ``(B, n, ...)``."""
+    """``n`` experts applied to the same input; returns their outputs stacked, ``(B, n, ...)``.
+
+    ``expert`` is a zero-argument factory (called ``n`` times: independent initialisations) or a
+    module used as a template (deep-copied ``n`` times, so every expert starts from its weights).
+    """
 
     def __init__(self, expert: ModuleSpec, num: int, what: str = "expert") -> None:
         super().__init__()
+        if isinstance(expert, nn.Module):
+            template = expert
+            expert = lambda: copy.deepcopy(template)  # noqa: E731 - the template itself stays unused
         self.experts = nn.ModuleList(instantiate(expert, num, what))
 
     def __len__(self) -> int:
@@ -120,8 +128,10 @@ class DSelectKGate(nn.Module):
     (per-example gating), or free parameters with ``gate_input="static"`` (task-only gating).
 
     :meth:`regularization` is the paper's entropy regulariser ``entropy_reg * sum H(r_i)`` (summed
-    over the selectors and the batch), plus, when ``n`` is not a power of two, ``sum 1 / sum_j
-    r_i(j)``, which keeps the selectors off the ``2^m - n`` codes that name no expert.
+    over the selectors and the batch, as the authors' code does), plus, when ``n`` is not a power of
+    two, ``sum (1 / sum_j r_i(j) - 1)``, which keeps the selectors off the ``2^m - n`` codes that
+    name no expert (the authors' term without its constant: zero once every selector's weights
+    sum to 1, so that the task loss values are not shifted).
     """
 
     def __init__(
@@ -193,5 +203,5 @@ class DSelectKGate(nn.Module):
         if self.entropy_reg > 0:
             total = total - self.entropy_reg * (selectors * torch.log(selectors + 1e-6)).sum()
         if self.num_experts != 2**self.num_binary:
-            total = total + (1 / selectors.sum(dim=-1)).sum()
+            total = total + (1 / selectors.sum(dim=-1) - 1).sum()
         return total

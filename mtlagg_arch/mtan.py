@@ -34,10 +34,18 @@ def attention_block(in_channels: int, channels: int, spatial: bool) -> nn.Module
     )
 
 
-def transfer_block(in_channels: int, channels: int, spatial: bool) -> nn.Module:
-    """MTAN's default block between stages: ``[3x3 conv, BN, ReLU]`` (a linear layer for vectors)."""
+def transfer_block(in_channels: int, channels: int, spatial: bool, next_spatial: bool | None = None) -> nn.Module:
+    """MTAN's default block between stages: ``[3x3 conv, BN, ReLU]`` (``[linear, BN, ReLU]`` for
+    vectors); from images to vectors (e.g. before a fully connected stage) it ends with a global
+    average pooling."""
+    next_spatial = spatial if next_spatial is None else next_spatial
     if spatial:
-        return nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU())
+        layers = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
+        if not next_spatial:
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        return nn.Sequential(*layers)
+    if next_spatial:
+        raise ValueError("MTAN cannot carry vector features into a later image stage; give a TapTrunk.make_transfer")
     return nn.Sequential(nn.Linear(in_channels, channels), nn.BatchNorm1d(channels), nn.ReLU())
 
 
@@ -113,7 +121,7 @@ class MTAN(MultiTaskModel):
             for j in range(S - 1):
                 block = trunk.make_transfer(j)
                 if block is None:
-                    block = transfer_block(pairs[j][1], pairs[j + 1][1], flags[j])
+                    block = transfer_block(pairs[j][1], pairs[j + 1][1], flags[j], flags[j + 1])
                     trunk.init_module(block)
                 blocks.append(block)
             return nn.ModuleList(blocks)

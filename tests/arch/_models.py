@@ -29,6 +29,16 @@ def image_backbone() -> Backbone:
     return staged("tiny_conv", factories, [4, 6, 6], [True] * 3)
 
 
+def flat_stage(in_features: int) -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, WIDTH), nn.ReLU())
+
+
+def mixed_backbone() -> Backbone:
+    """Image stages then vector stages (as LeNet): (B, 3, 8, 8) -> (B, 4, 4, 4) -> (B, 6) -> (B, 6)."""
+    factories = [partial(conv_stage, 3, 4, True), partial(flat_stage, 64), partial(flat_stage, WIDTH)]
+    return staged("tiny_mixed", factories, [4, WIDTH, WIDTH], [True, False, False])
+
+
 def vector_backbone() -> Backbone:
     return mlp(IN_FEATURES, (WIDTH, WIDTH, WIDTH))
 
@@ -49,15 +59,15 @@ OPTIONS = {
 
 
 def build(name: str, kind: str = "vector", *, multi_input: bool = False, **options: object) -> MultiTaskModel:
-    backbone = vector_backbone() if kind == "vector" else image_backbone()
-    heads = vector_heads() if kind == "vector" else image_heads()
+    backbone = {"vector": vector_backbone, "image": image_backbone, "mixed": mixed_backbone}[kind]()
+    heads = image_heads() if kind == "image" else vector_heads()
     merged = {**OPTIONS.get(name, {}), **options}
     return build_architecture(name, backbone, heads, multi_input=multi_input, **merged)
 
 
 def batch(kind: str = "vector", size: int = 4, seed: int = 1) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
-    shape = (size, IN_FEATURES) if kind == "vector" else (size, 3, 8, 8)
+    shape = (size, IN_FEATURES) if kind == "vector" else (size, 3, 8, 8)  # "image" and "mixed"
     return torch.randn(shape, generator=generator)
 
 
@@ -87,6 +97,7 @@ VARIANTS: list[tuple[str, str, dict[str, object]]] = [
     ("mtan", "vector", {"share_transfer": False}),
     ("cross_stitch", "vector", {"stitch_after": [0]}),
     ("ltb", "vector", {"widths": [2, 2, 3]}),
+    *[(name, "mixed", {}) for name in ("mtan", "ple", "ltb", "cross_stitch")],
 ]
 
 
