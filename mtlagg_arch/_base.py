@@ -153,6 +153,8 @@ class MultiTaskModel(nn.Module):
         """
         if task is not None:
             self._check_task(task)
+        # drop the previous step's representation first: it keeps its activations alive
+        self._representation, self._representation_versions, self._regularization = None, [], {}
         cut = _Cut()
         if self.multi_input:
             if task is not None:
@@ -191,7 +193,8 @@ class MultiTaskModel(nn.Module):
         Every path from a shared parameter to a loss passes through one of them, and no task
         parameter lies below them: pass them as ``features=`` to :func:`mtlagg.backward`. They
         are live autograd tensors (usually activations; a shared module applied to task-specific
-        features, like MTAN's shared attention blocks, contributes its parameters).
+        features, like MTAN's shared attention blocks, contributes its parameters), held until
+        the next forward pass, which releases them first.
         """
         if self._representation is None:
             raise RuntimeError("no representation yet: run a forward pass first")
