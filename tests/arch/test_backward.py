@@ -134,3 +134,14 @@ def test_multi_input_backward(name, path):
     expected = reference(model, losses, path, aggregator)
     run(model, losses, path, aggregator)
     assert_grads(model, expected)
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:16], ids=variant_id)
+def test_loss_only_aggregator(variant):
+    """A loss-only weighted aggregator runs one ordinary backward; ``features=`` is not needed."""
+    model, losses = forward(*variant)
+    weights = torch.tensor(WEIGHTS, dtype=torch.float64)
+    expected = reference(model, losses, "param", lambda J: weights @ J)
+    result = run(model, losses, "features", Constant(WEIGHTS))
+    torch.testing.assert_close(result.weights, weights.to(result.weights))
+    assert_grads(model, expected)
