@@ -189,3 +189,14 @@ def new_generator(generator: torch.Generator | None) -> torch.Generator:
         return generator
     seed = int(torch.randint(0, 2**62, (1,)).item())
     return torch.Generator().manual_seed(seed)
+
+
+def column_chunks(num_columns: int, num_rows: int, elements: int = 1 << 19) -> list[slice]:
+    """Column slices of a ``num_rows x num_columns`` matrix holding about ``elements`` entries each.
+
+    The methods with Jacobian-sized memory stream their elementwise updates chunk by chunk, so that
+    each chunk stays in cache across the several operations on it (one pass over memory instead of
+    one per operation).
+    """
+    width = max(1024, elements // max(num_rows, 1))
+    return [slice(start, min(start + width, num_columns)) for start in range(0, num_columns, width)]

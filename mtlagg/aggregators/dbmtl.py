@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ._base import Aggregator, AggregatorInput, Needs
 from ._registry import register
-from ._stateful import Stateful
+from ._stateful import Stateful, column_chunks
 
 
 @register("db_mtl")
@@ -73,11 +73,15 @@ class DBMTL(Stateful, Aggregator):
             if inputs.losses is None:
                 raise ValueError("DBMTL(log_losses=True) needs the loss values")
             scale = 1.0 / (inputs.losses.to(torch.float64) + self.eps)
-            update = jacobian * ((1 - beta_k) * scale).to(jacobian)[:, None]
         else:
-            update = jacobian * (1 - beta_k)
-        buffer.mul_(beta_k).add_(update)
-        norms = torch.linalg.vector_norm(buffer, dim=1).to(torch.float64)
+            scale = torch.ones(T, dtype=torch.float64, device=jacobian.device)
+        coefficients = ((1 - beta_k) * scale).to(buffer)[:, None]
+        squared = torch.zeros(T, dtype=torch.float64, device=buffer.device)
+        for columns in column_chunks(buffer.shape[1], T):  # one streaming pass: update and norms
+            block = buffer[:, columns]
+            block.mul_(beta_k).addcmul_(jacobian[:, columns], coefficients)
+            squared += torch.linalg.vector_norm(block, dim=1).to(torch.float64).square()
+        norms = squared.sqrt()
         alpha = norms.max() / (norms + self.eps)
         return alpha.to(buffer) @ buffer
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ._base import AggregatorInput, Needs, WeightedAggregator
 from ._registry import register
-from ._stateful import Stateful
+from ._stateful import Stateful, column_chunks
 
 
 @register("excess_mtl")
@@ -65,9 +65,12 @@ class ExcessMTL(Stateful, WeightedAggregator):
                 f"ExcessMTL's accumulators are {tuple(accumulator.shape)} but the Jacobian is "
                 f"{tuple(jacobian.shape)}; call reset() when the shared parameters change"
             )
-        squared = jacobian * jacobian
-        accumulator.add_(squared)
-        excess = (squared / torch.sqrt(accumulator + 1e-7)).sum(dim=1).to(torch.float64)
+        excess = torch.zeros(T, dtype=torch.float64, device=jacobian.device)
+        for columns in column_chunks(jacobian.shape[1], T):  # one streaming pass
+            block, gradient = accumulator[:, columns], jacobian[:, columns]
+            block.addcmul_(gradient, gradient)
+            scaled = block.add(1e-7).pow_(-0.5).mul_(gradient)
+            excess += torch.linalg.vecdot(scaled, gradient).to(torch.float64)
         if state["baseline"] is None:
             state["baseline"] = excess
             return state["weights"].clone()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -16,45 +17,39 @@ def kmeans_1d(values: Tensor, num_groups: int) -> Tensor:
     """Exact 1-D k-means: the group index of every value (groups numbered by increasing centre).
 
     The optimal partition of points on a line into ``num_groups`` clusters is made of contiguous
-    runs of the sorted values; dynamic programming over the sorted values finds the partition with
-    the least within-group sum of squares exactly (O(k n^2), n = number of tasks), where Lloyd's
-    algorithm can stop at a local optimum.
+    runs of the sorted values; dynamic programming over the sorted values (vectorised over the
+    split points, O(k n^2) with n the number of tasks) finds the partition with the least
+    within-group sum of squares exactly, where Lloyd's algorithm can stop at a local optimum. Ties
+    go to the earliest split, so the result is deterministic.
     """
-    n = values.shape[0]
-    x = values.detach().to(torch.float64).cpu()
-    order = torch.argsort(x, stable=True)
-    xs = x[order].tolist()
-    prefix = [0.0]
-    prefix_sq = [0.0]
-    for v in xs:
-        prefix.append(prefix[-1] + v)
-        prefix_sq.append(prefix_sq[-1] + v * v)
-
-    def cost(i: int, j: int) -> float:  # sum of squares of xs[i:j] around its mean
-        s = prefix[j] - prefix[i]
-        return max(prefix_sq[j] - prefix_sq[i] - s * s / (j - i), 0.0)
-
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(num_groups + 1)]
-    split = [[0] * (n + 1) for _ in range(num_groups + 1)]
-    best[0][0] = 0.0
-    for k in range(1, num_groups + 1):
-        for j in range(k, n + 1):
-            for i in range(k - 1, j):
-                candidate = best[k - 1][i] + cost(i, j)
-                if candidate < best[k][j] - 1e-15 * abs(candidate):
-                    best[k][j] = candidate
-                    split[k][j] = i
-    labels_sorted = [0] * n
-    j = n
-    for k in range(num_groups, 0, -1):
-        i = split[k][j]
-        for position in range(i, j):
-            labels_sorted[position] = k - 1
-        j = i
-    labels = torch.empty(n, dtype=torch.long)
-    labels[order] = torch.tensor(labels_sorted, dtype=torch.long)
-    return labels.to(values.device)
+    x = values.detach().to(device="cpu", dtype=torch.float64).numpy()
+    n = x.shape[0]
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    prefix = np.concatenate([[0.0], np.cumsum(xs)])
+    prefix_sq = np.concatenate([[0.0], np.cumsum(xs * xs)])
+    i = np.arange(n + 1)[:, None]
+    j = np.arange(n + 1)[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sums = prefix[None, :] - prefix[:, None]
+        cost = prefix_sq[None, :] - prefix_sq[:, None] - sums * sums / (j - i)
+    cost = np.where(j > i, np.maximum(cost, 0.0), np.inf)  # cost[i, j]: one group holding xs[i:j]
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    splits = []
+    for _ in range(num_groups):
+        candidates = best[:, None] + cost
+        splits.append(np.argmin(candidates, axis=0))
+        best = candidates[splits[-1], np.arange(n + 1)]
+    labels_sorted = np.empty(n, dtype=np.int64)
+    stop = n
+    for group in range(num_groups - 1, -1, -1):
+        start = int(splits[group][stop])
+        labels_sorted[start:stop] = group
+        stop = start
+    labels = np.empty(n, dtype=np.int64)
+    labels[order] = labels_sorted
+    return torch.from_numpy(labels).to(values.device)
 
 
 @register()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -132,28 +133,33 @@ class GradVac(Stateful, Aggregator):
 
     def coefficients(self, gramians: Tensor, orders: Tensor) -> Tensor:
         r"""The ``K x T x T`` coefficients :math:`C_k` with :math:`g_i^{\text{vac}} = \sum_j C_{k,ij} g_j` on
-        group ``k``, from the ``K x T x T`` group Gramians; updates the targets."""
+        group ``k``, from the ``K x T x T`` group Gramians; updates the targets.
+
+        The ``T x T`` work runs in float64 on the CPU with numpy (many tiny operations, whose dispatch
+        cost would dominate in torch).
+        """
         K, T, _ = gramians.shape
-        G = gramians.to(torch.float64)
-        targets = self._state["targets"]
-        C = torch.eye(T, dtype=torch.float64, device=G.device).expand(K, T, T).clone()
-        rows = torch.arange(T, device=G.device)
-        squared = G.diagonal(dim1=1, dim2=2).clamp_min(0)  # K x T
+        G = gramians.detach().to(device="cpu", dtype=torch.float64).numpy()
+        targets = self._state["targets"].numpy()  # float64 CPU tensor: updated in place
+        C = np.broadcast_to(np.eye(T), (K, T, T)).copy()
+        rows = np.arange(T)
+        squared = np.maximum(np.diagonal(G, axis1=1, axis2=2), 0.0)  # K x T
         beta, eps = self.beta, self.eps
+        order = orders.numpy()
         for step in range(T - 1):
-            j = orders[:, step].to(G.device)  # T
-            dots_all = torch.bmm(C, G)  # K x T x T: rows <g_i^vac, g_l>
-            dot = dots_all[:, rows, j]  # K x T
-            norm_i = (dots_all * C).sum(-1).clamp_min(0).sqrt()
-            norm_j = squared[:, j].sqrt()
+            j = order[:, step]
+            dots_all = C @ G  # rows: <g_i^vac, g_l>
+            dot = dots_all[:, rows, j]
+            norm_i = np.sqrt(np.maximum((dots_all * C).sum(-1), 0.0))
+            norm_j = np.sqrt(squared[:, j])
             phi = dot / (norm_i * norm_j + eps)
             target = targets[:, rows, j]
-            root_target = (1 - target * target).clamp_min(0).sqrt()
-            weight = norm_i * (target * (1 - phi * phi).clamp_min(0).sqrt() - phi * root_target)
+            root_target = np.sqrt(np.maximum(1 - target * target, 0.0))
+            weight = norm_i * (target * np.sqrt(np.maximum(1 - phi * phi, 0.0)) - phi * root_target)
             weight = weight / (norm_j * root_target + eps)
-            C[:, rows, j] += torch.where(phi < target, weight, torch.zeros_like(weight))
+            C[:, rows, j] += np.where(phi < target, weight, 0.0)
             targets[:, rows, j] = (1 - beta) * target + beta * phi
-        return C
+        return torch.from_numpy(C)
 
     def compute_direction(self, inputs: AggregatorInput) -> Tensor:
         jacobian = inputs.jacobian
@@ -165,7 +171,7 @@ class GradVac(Stateful, Aggregator):
         state = self._state
         if self._check_num_tasks(T, "task gradients") or state["groups"] is None:
             state["groups"] = signature
-            state["targets"] = torch.zeros(len(groups), T, T, dtype=torch.float64, device=jacobian.device)
+            state["targets"] = torch.zeros(len(groups), T, T, dtype=torch.float64)
         elif [tuple(g) for g in state["groups"]] != signature:
             raise ValueError(
                 f"GradVac's targets are per parameter group, and this step's groups {signature} differ from the "
@@ -176,7 +182,7 @@ class GradVac(Stateful, Aggregator):
         else:
             gramians = torch.stack([compute_gramian(jacobian[:, start:stop]) for _, start, stop in groups])
         C = self.coefficients(gramians, self.random_orders(T))
-        weights = C.sum(dim=1).to(jacobian.dtype)  # K x T: the weights of each group
+        weights = C.sum(dim=1).to(dtype=jacobian.dtype, device=jacobian.device)  # K x T: each group's weights
         if len(groups) == 1:
             return weights[0] @ jacobian
         return torch.cat([weights[k] @ jacobian[:, start:stop] for k, (_, start, stop) in enumerate(groups)])

@@ -11,7 +11,7 @@ from mtlagg.solvers import project_onto_simplex
 
 from ._base import Aggregator, AggregatorInput, Needs
 from ._registry import register
-from ._stateful import Stateful
+from ._stateful import Stateful, column_chunks
 
 
 @register()
@@ -82,7 +82,7 @@ class MoCo(Stateful, Aggregator):
     def compute_direction(self, inputs: AggregatorInput) -> Tensor:
         jacobian = inputs.jacobian
         assert jacobian is not None
-        T, _n = jacobian.shape
+        T = jacobian.shape[0]
         state = self._state
         if self._check_num_tasks(T, "task gradients"):
             state["tracking"] = torch.zeros_like(jacobian)
@@ -104,13 +104,17 @@ class MoCo(Stateful, Aggregator):
             scale = inputs.losses.to(torch.float64) / (norms + 1e-8)
         else:
             scale = torch.ones(T, dtype=torch.float64, device=jacobian.device)
-        # Y <- (1 - beta_k) Y + beta_k diag(scale) J, in place (Y is Jacobian-sized).
-        tracking.mul_(1 - beta_k).add_(jacobian * (beta_k * scale).to(jacobian)[:, None])
-        product = (tracking @ tracking.T).to(torch.float64)
-        if self.rho:
-            product = product + self.rho * torch.eye(T, dtype=torch.float64, device=product.device)
         lam = state["weights"]
-        moved = lam - gamma_k * (product @ lam)
+        # One streaming pass: Y <- (1 - beta_k) Y + beta_k diag(scale) J in place, and Y (Y^T lam), so that
+        # (Y Y^T + rho I) lam costs two matrix-vector products instead of a T x T x n Gram matrix.
+        coefficients = (beta_k * scale).to(tracking)[:, None]
+        lam_t = lam.to(tracking)
+        product = torch.zeros(T, dtype=tracking.dtype, device=tracking.device)
+        for columns in column_chunks(tracking.shape[1], T):
+            block = tracking[:, columns]
+            block.mul_(1 - beta_k).addcmul_(jacobian[:, columns], coefficients)
+            product += block @ (lam_t @ block)
+        moved = lam - gamma_k * (product.to(torch.float64) + self.rho * lam)
         lam = project_onto_simplex(moved) if self.projection == "simplex" else torch.softmax(moved, dim=0)
         state["weights"] = lam
         return lam.to(tracking) @ tracking

@@ -120,6 +120,9 @@ class PCD(Stateful, WeightedAggregator):
         c = taus * secondary.diagonal()
         if not bool((c > 0).any()):
             return False
+        eigenvalues = torch.linalg.eigvalsh(secondary)
+        if bool(eigenvalues[0] > 1e-9 * eigenvalues[-1]):
+            return False  # independent gradients: no vanishing combination (the usual case, no QP)
         mu, _ = solve_standard_qp(secondary, torch.zeros_like(c), c[None], torch.ones(1, dtype=c.dtype))
         value = mu @ secondary @ mu
         magnitude = (mu @ secondary.diagonal().clamp_min(0).sqrt()) ** 2
