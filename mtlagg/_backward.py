@@ -318,7 +318,8 @@ class _Step:
         shared_via_features: bool = False,
     ) -> BackwardResult:
         blocks = [gradients.block(p.tensor).reshape(self.T, -1) for p in inputs]
-        gramian = _gramian_of_blocks(blocks, self.T, self.values)
+        parts: list[Tensor] | None = [] if self.aggregator.uses_block_gramians else None
+        gramian = _gramian_of_blocks(blocks, self.T, self.values, parts)
         good, bad = self.bad_tasks(gramian.diagonal().isfinite() if blocks else None)
         if bad:
             early = self.handle_bad(bad, self.describe(bad, gradients, inputs))
@@ -326,7 +327,8 @@ class _Step:
                 return early
             keep = good.to(gramian.device)
             blocks = [torch.where(keep[:, None].to(b.device), b, torch.zeros_like(b)) for b in blocks]
-            gramian = _gramian_of_blocks(blocks, self.T, self.values)
+            parts = [] if parts is not None else None
+            gramian = _gramian_of_blocks(blocks, self.T, self.values, parts)
         values = torch.where(good, self.values, torch.zeros_like(self.values))
         aggregator = self.aggregator
         jacobian: Tensor | None = None
@@ -343,6 +345,7 @@ class _Step:
             input_values=input_values,
             block_sizes=[b.shape[1] for b in blocks],
             block_names=[p.name for p in inputs],
+            block_gramians=parts,
         )
         weights: Tensor | None = None
         if self._weighted:
@@ -388,15 +391,20 @@ class _Step:
                 _accumulate(tensor, gradient)
 
 
-def _gramian_of_blocks(blocks: list[Tensor], num_tasks: int, like: Tensor) -> Tensor:
-    """``sum_b B_b B_b^T`` in at least float32, without concatenating the blocks."""
+def _gramian_of_blocks(blocks: list[Tensor], num_tasks: int, like: Tensor, parts: list[Tensor] | None = None) -> Tensor:
+    """``sum_b B_b B_b^T`` in at least float32, without concatenating the blocks (``parts``, if
+    given, receives each ``B_b B_b^T``)."""
     if not blocks:
         return torch.zeros(num_tasks, num_tasks, dtype=torch.float32, device=like.device)
     dtype = torch.float64 if any(b.dtype == torch.float64 for b in blocks) else torch.float32
     total = torch.zeros(num_tasks, num_tasks, dtype=dtype, device=blocks[0].device)
     for block in blocks:
         matrix = block.to(dtype)
-        total.addmm_(matrix, matrix.T)
+        if parts is None:
+            total.addmm_(matrix, matrix.T)
+        else:
+            parts.append(matrix @ matrix.T)
+            total += parts[-1]
     return total
 
 
