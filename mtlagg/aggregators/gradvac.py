@@ -90,6 +90,7 @@ class GradVac(Stateful, Aggregator):
     """
 
     needs: ClassVar[Needs] = Needs.JACOBIAN
+    uses_block_gramians: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -177,15 +178,32 @@ class GradVac(Stateful, Aggregator):
                 f"GradVac's targets are per parameter group, and this step's groups {signature} differ from the "
                 f"state's {state['groups']}; call reset() when the shared parameters change"
             )
-        if len(groups) == 1 and inputs.has_gramian:
-            gramians = inputs.gramian[None]
-        else:
-            gramians = torch.stack([compute_gramian(jacobian[:, start:stop]) for _, start, stop in groups])
+        gramians = self._group_gramians(inputs, groups)
         C = self.coefficients(gramians, self.random_orders(T))
         weights = C.sum(dim=1).to(dtype=jacobian.dtype, device=jacobian.device)  # K x T: each group's weights
         if len(groups) == 1:
             return weights[0] @ jacobian
         return torch.cat([weights[k] @ jacobian[:, start:stop] for k, (_, start, stop) in enumerate(groups)])
+
+    @staticmethod
+    def _group_gramians(inputs: AggregatorInput, groups: list[tuple[str, int, int]]) -> Tensor:
+        """``K x T x T``: from the engine's Gramian / per-block Gramians when it gave them (no extra
+        work), else from the Jacobian's columns."""
+        if len(groups) == 1 and inputs.has_gramian:
+            return inputs.gramian[None]
+        jacobian = inputs.jacobian
+        assert jacobian is not None
+        parts, sizes = inputs.block_gramians, inputs.block_sizes
+        if parts is None or sizes is None or len(parts) != len(sizes):
+            return torch.stack([compute_gramian(jacobian[:, start:stop]) for _, start, stop in groups])
+        starts = [0]
+        for size in sizes:
+            starts.append(starts[-1] + size)
+        gramians = []
+        for _, start, stop in groups:
+            inside = [parts[b] for b in range(len(sizes)) if starts[b] >= start and starts[b + 1] <= stop]
+            gramians.append(torch.stack(inside).sum(dim=0))
+        return torch.stack(gramians)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta:g}, group_type={self.group_type!r}"

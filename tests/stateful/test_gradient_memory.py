@@ -277,3 +277,34 @@ class TestPIVRG:
         pivrg.set_scores([1.0, 2.0])
         with pytest.raises(ValueError, match=r"PIVRG has 2 scores \(set_scores\) but this step has 3 tasks"):
             pivrg.weights(torch.eye(3))
+
+
+def test_gradvac_groups_from_the_engines_block_gramians():
+    """Through mtlagg.backward the per-layer Gramians come from the engine; same result as from J."""
+    import mtlagg
+
+    from ._toys import make_model, mse_losses, toy_batch
+
+    model = make_model(0)
+    batch = toy_batch(torch.Generator().manual_seed(0))
+    named = list(model.trunk.named_parameters())
+    J = mtlagg.jacobian(mse_losses(model, batch), [p for _, p in named])
+    from mtlagg.aggregators._base import AggregatorInput
+
+    expected = GradVac(group_type="layer", generator=torch.Generator().manual_seed(1)).compute_direction(
+        AggregatorInput(3, jacobian=J, block_sizes=[p.numel() for _, p in named], block_names=[n for n, _ in named])
+    )
+    model.zero_grad()
+    gv = GradVac(group_type="layer", generator=torch.Generator().manual_seed(1))
+    seen = []
+    original = gv._group_gramians
+
+    def spy(inputs, groups):
+        seen.append(inputs.block_gramians is not None)
+        return original(inputs, groups)
+
+    gv._group_gramians = spy
+    mtlagg.backward(mse_losses(model, batch), named, gv)
+    got = torch.cat([p.grad.reshape(-1) for _, p in named])
+    torch.testing.assert_close(got, expected)
+    assert seen == [True]
