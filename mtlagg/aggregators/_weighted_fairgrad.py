@@ -25,6 +25,22 @@ from mtlagg.errors import SolverError
 TOLERANCE = 1e-10
 
 
+def _check_solvable(A: Tensor) -> None:
+    """The potential is bounded below (a solution exists) iff no non-negative combination of the
+    gradients vanishes, i.e. 0 is not in their convex hull."""
+    eigenvalues = torch.linalg.eigvalsh(A)
+    if bool(eigenvalues[0] > 1e-9 * eigenvalues[-1]):
+        return
+    from mtlagg.solvers import solve_nonneg_qp
+
+    weights = solve_nonneg_qp(A, torch.zeros(A.shape[0], dtype=A.dtype, device=A.device), simplex=True)
+    if bool(weights @ A @ weights <= 1e-10 * (weights @ A.diagonal().sqrt()) ** 2):
+        raise SolverError(
+            "the weighted FairGrad system (alpha = 2) has no solution: 0 is in the convex hull of the task "
+            "gradients (e.g. two exactly opposite gradients, a Pareto-stationary point)"
+        )
+
+
 def solve_weighted_fairgrad(gramian: Tensor, priorities: Tensor, *, max_iterations: int = 200) -> Tensor:
     """The solution ``x`` (float64, on the Gramian's device) of :math:`Gx = \\sqrt{p/x}`."""
     G = gramian.detach().to(torch.float64)
@@ -42,6 +58,7 @@ def solve_weighted_fairgrad(gramian: Tensor, priorities: Tensor, *, max_iteratio
     q = p[index]
     scale = float(A.diagonal().max())
     A = A / scale  # the solution of A/s is s^(2/3) times the solution of A
+    _check_solvable(A)
     y = (q ** (1 / 3)) * A.diagonal() ** (-2 / 3)  # exact when A is diagonal
 
     def objective(v: Tensor) -> Tensor:
@@ -57,7 +74,10 @@ def solve_weighted_fairgrad(gramian: Tensor, priorities: Tensor, *, max_iteratio
         if float((residual.abs() / root).max()) <= TOLERANCE:
             break
         hessian = A + torch.diag(0.5 * root / y)
-        step = torch.linalg.solve(hessian, -residual)
+        try:
+            step = torch.linalg.solve(hessian, -residual)
+        except RuntimeError as error:
+            raise SolverError(f"the weighted FairGrad Newton step failed ({error})") from error
         t = 1.0
         # stay positive
         negative = step < 0

@@ -308,3 +308,36 @@ def test_gradvac_groups_from_the_engines_block_gramians():
     got = torch.cat([p.grad.reshape(-1) for _, p in named])
     torch.testing.assert_close(got, expected)
     assert seen == [True]
+
+
+def test_weighted_fairgrad_without_solution_raises():
+    from mtlagg.errors import SolverError
+
+    g = torch.tensor([[1.0, 2.0], [-1.0, -2.0]], dtype=torch.float64)
+    with pytest.raises(SolverError, match="0 is in the convex hull of the task gradients"):
+        solve_weighted_fairgrad(g @ g.T, torch.ones(2, dtype=torch.float64))
+    duplicated = torch.tensor([[1.0, 2.0], [1.0, 2.0], [0.5, -1.0]], dtype=torch.float64)
+    x = solve_weighted_fairgrad(duplicated @ duplicated.T, torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(duplicated @ duplicated.T @ x, x**-0.5)
+
+
+def test_standard_qp_matches_cvxpy_on_random_problems():
+    cp = pytest.importorskip("cvxpy")
+    from mtlagg.aggregators._standard_qp import solve_standard_qp
+
+    generator = torch.Generator().manual_seed(20)
+    for trial in range(10):
+        n = 2 + trial % 6
+        M = torch.randn(n, max(1, n - trial % 3), generator=generator, dtype=torch.float64)  # some singular
+        Q = M @ M.T
+        q = torch.randn(n, generator=generator, dtype=torch.float64)
+        A = torch.rand(1, n, generator=generator, dtype=torch.float64) + 0.1
+        x, _ = solve_standard_qp(Q, q, A, torch.ones(1, dtype=torch.float64))
+        v = cp.Variable(n)
+        problem = cp.Problem(
+            cp.Minimize(0.5 * cp.quad_form(v, cp.psd_wrap(Q.numpy())) + q.numpy() @ v), [A.numpy() @ v == 1, v >= 0]
+        )
+        problem.solve(solver=cp.CLARABEL)
+        ours = float(0.5 * x @ Q @ x + q @ x)
+        assert ours <= problem.value + 1e-7 * (1 + abs(problem.value))
+        assert float((A @ x - 1).abs()) < 1e-8 and bool((x >= 0).all())
