@@ -11,6 +11,12 @@ import pytest
 import torch
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The tests use tiny tensors: one thread avoids OpenMP spinning, which makes them several times
+    # slower on a busy 2-core machine, and keeps results independent of the thread count.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything() -> None:
     random.seed(0)

@@ -62,6 +62,7 @@ class AggregatorInput:
 
     __slots__ = (
         "_gramian",
+        "block_gramians",
         "block_names",
         "block_shapes",
         "block_sizes",
@@ -82,6 +83,7 @@ class AggregatorInput:
         block_sizes: list[int] | None = None,
         block_names: list[str] | None = None,
         block_shapes: list[tuple[int, ...]] | None = None,
+        block_gramians: list[Tensor] | None = None,
     ) -> None:
         self.num_tasks = num_tasks
         self.losses = losses
@@ -93,6 +95,9 @@ class AggregatorInput:
         self.block_sizes = block_sizes
         self.block_names = block_names
         self.block_shapes = block_shapes
+        #: the ``T x T`` Gramian of each block (their sum is :attr:`gramian`), filled by the engine for
+        #: aggregators that set ``uses_block_gramians = True``; ``None`` otherwise.
+        self.block_gramians = block_gramians
 
     @property
     def gramian(self) -> Tensor:
@@ -140,6 +145,9 @@ class Aggregator(ABC):
     uses_input_values: ClassVar[bool] = False
     #: the direction never conflicts with a task gradient (``J d >= 0``).
     non_conflicting: ClassVar[bool] = False
+    #: also reads the per-block Gramians (``AggregatorInput.block_gramians``), which the engine then
+    #: keeps while summing them into the Gramian (same cost).
+    uses_block_gramians: ClassVar[bool] = False
 
     def __call__(
         self,

@@ -57,6 +57,7 @@ class LogLoss(Aggregator):
         self.eps = check_float(eps, "eps", minimum=0.0)
         self.needs = aggregator.needs  # type: ignore[misc]
         self.uses_input_values = aggregator.uses_input_values  # type: ignore[misc]
+        self.uses_block_gramians = aggregator.uses_block_gramians  # type: ignore[misc]
 
     @property
     def non_conflicting(self) -> bool:  # type: ignore[override]
@@ -82,6 +83,10 @@ class LogLoss(Aggregator):
         if inputs.has_gramian and (jacobian is None or inputs._gramian is not None):
             raw = inputs.gramian
             gramian = (raw.to(torch.float64) * scales[:, None] * scales[None, :]).to(raw.dtype)
+        block_gramians = None
+        if inputs.block_gramians is not None:
+            outer = scales[:, None] * scales[None, :]
+            block_gramians = [(b.to(torch.float64) * outer.to(b.device)).to(b.dtype) for b in inputs.block_gramians]
         return AggregatorInput(
             inputs.num_tasks,
             losses=-scales.log(),
@@ -90,6 +95,8 @@ class LogLoss(Aggregator):
             input_values=inputs.input_values,
             block_sizes=inputs.block_sizes,
             block_names=inputs.block_names,
+            block_shapes=inputs.block_shapes,
+            block_gramians=block_gramians,
         )
 
     def compute_direction(self, inputs: AggregatorInput) -> Tensor:

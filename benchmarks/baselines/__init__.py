@@ -1,0 +1,1 @@
+"""Published single-task baselines and per-method tables (JSON), read by :mod:`benchmarks.scores`."""
