@@ -36,7 +36,7 @@ def backward(
     *,
     features: Tensor | Sequence[Tensor] | None = None,
     task_params: Sequence[Iterable[Tensor]] | None = None,
-    weight_task_params: bool = False,
+    weight_task_params: bool | None = None,
     retain_graph: bool = False,
     chunk_size: int | None = None,
     compute_gramian: bool = False,
@@ -68,7 +68,10 @@ def backward(
             task head gets the gradient of its own task's loss).
         weight_task_params: scale the task parameters' gradients by the aggregation weights
             (``sum_i w_i grad L_i``) instead of leaving them unweighted. Needs a weighted
-            aggregator.
+            aggregator. ``None`` (default) follows the method's paper
+            (``aggregator.weights_task_params``): ``True`` for the loss-weighting methods, which
+            minimise ``sum_i w_i L_i`` (UW, DWA, GLS, IMTL-L, FAMO, STCH, GO4Align, SI, RLW),
+            ``False`` for the gradient methods, which leave the heads their own gradients.
         retain_graph: keep the graph for another backward, as in ``Tensor.backward``.
         chunk_size: how many tasks are differentiated together through the shared trunk in one
             vectorised (``torch.vmap``) backward. ``None`` (default): all of them. ``1``: one at a
@@ -106,7 +109,9 @@ def backward(
         check_disjoint(shared, explicit_tasks)
     feature_list = as_features(features) if features is not None else None
     weighted = isinstance(aggregator, WeightedAggregator)
-    if weight_task_params and not weighted:
+    if weight_task_params is None:
+        weight_task_params = bool(getattr(aggregator, "weights_task_params", False)) and weighted
+    elif weight_task_params and not weighted:
         raise ValueError(f"weight_task_params=True needs a weighted aggregator; {type(aggregator).__name__} is not one")
     values = stacked_loss_values(loss_list)
 

@@ -145,6 +145,9 @@ class Aggregator(ABC):
     uses_input_values: ClassVar[bool] = False
     #: the direction never conflicts with a task gradient (``J d >= 0``).
     non_conflicting: ClassVar[bool] = False
+    #: the paper scales the task-specific parameters' gradients by the weights too (it minimises a
+    #: weighted sum of the losses): the default of ``mtlagg.backward(weight_task_params=None)``.
+    weights_task_params: bool = False
     #: also reads the per-block Gramians (``AggregatorInput.block_gramians``), which the engine then
     #: keeps while summing them into the Gramian (same cost).
     uses_block_gramians: ClassVar[bool] = False

@@ -41,6 +41,8 @@ class DWA(Stateful, WeightedAggregator):
         window: ``None`` (per epoch) or the window length of the per-iteration variant (MTLlib: 25).
     """
 
+    weights_task_params = True  # the paper minimises sum_i w_i L_i, heads included
+
     needs: ClassVar[Needs] = Needs.LOSSES
     uses_losses: ClassVar[bool] = True
 

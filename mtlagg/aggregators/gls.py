@@ -28,6 +28,8 @@ class GLS(WeightedAggregator):
     Needs: the loss values only, all positive. Stateless. Defaults: none (no hyper-parameter).
     """
 
+    weights_task_params = True  # the paper minimises sum_i w_i L_i, heads included
+
     needs: ClassVar[Needs] = Needs.LOSSES
     uses_losses: ClassVar[bool] = True
 

@@ -82,6 +82,8 @@ class GO4Align(Stateful, WeightedAggregator):
         robust_step_size: :math:`\eta`.
     """
 
+    weights_task_params = True  # the paper minimises sum_i w_i L_i, heads included
+
     needs: ClassVar[Needs] = Needs.LOSSES
     uses_losses: ClassVar[bool] = True
 

@@ -68,6 +68,8 @@ class IMTLL(LossScales, WeightedAggregator):
         weight_optimizer: ``"adam"`` (default) or ``"sgd"``.
     """
 
+    weights_task_params = True  # the paper minimises sum_i w_i L_i, heads included
+
     needs: ClassVar[Needs] = Needs.LOSSES
     uses_losses: ClassVar[bool] = True
 

@@ -138,6 +138,8 @@ class SI(WeightedLogLoss):
     :math:`\sum_i \log L_i`, so :math:`d = \sum_i g_i / L_i`. ``LogLoss(Sum())``; needs only the
     loss values (one ordinary backward). Scale convention: **sum** of the log-loss gradients."""
 
+    weights_task_params = True  # the paper minimises sum_i w_i L_i, heads included
+
     needs: ClassVar[Needs] = Needs.LOSSES
 
     def __init__(self, *, eps: float = 0.0) -> None:

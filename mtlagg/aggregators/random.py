@@ -31,10 +31,9 @@ class Random(WeightedAggregator):
     * ``"gradient"`` (RGW, LibMTL v1.1.6 ``RGW``): the weights recombine the per-task gradients of
       the shared parameters only; task parameters get the unweighted :math:`\nabla L_i`.
 
-    With :func:`mtlagg.backward` the task-parameter side is what ``weight_task_params=`` says
-    (default ``False``: unweighted, RGW's behaviour); the attribute :attr:`weights_task_params`
-    holds the value the chosen variant means (``True`` for ``"loss"``), so pass
-    ``weight_task_params=agg.weights_task_params`` to get exactly RLW.
+    :func:`mtlagg.backward` follows the chosen variant by default: the attribute
+    :attr:`weights_task_params` (``True`` for ``"loss"``) is what ``weight_task_params=None``
+    resolves to; pass ``weight_task_params=`` explicitly to override it.
 
     Args:
         kind: ``"loss"`` (RLW) or ``"gradient"`` (RGW).

@@ -46,6 +46,8 @@ class STCH(Stateful, WeightedAggregator):
         eps: :math:`\epsilon`.
     """
 
+    weights_task_params = True  # the paper minimises sum_i w_i L_i, heads included
+
     needs: ClassVar[Needs] = Needs.LOSSES
     uses_losses: ClassVar[bool] = True
 

@@ -42,6 +42,8 @@ class UW(Stateful, WeightedAggregator):
         init_log_var: initial :math:`s_i`.
     """
 
+    weights_task_params = True  # the paper minimises sum_i w_i L_i, heads included
+
     needs: ClassVar[Needs] = Needs.LOSSES
     uses_losses: ClassVar[bool] = True
 

@@ -40,7 +40,7 @@ AGGREGATORS: dict[str, Callable[[], Aggregator]] = {
     "mean": Mean,
     "sum": Sum,
     "constant": lambda: Constant([0.5, 2.0, 1.0]),
-    "random": lambda: Random(generator=torch.Generator().manual_seed(3)),
+    "random": lambda: Random(kind="gradient", generator=torch.Generator().manual_seed(3)),
     "upgrad": UPGrad,
     "mgda": MGDA,
     "mgda-loss": lambda: MGDA("loss+"),
@@ -316,3 +316,20 @@ def test_model_with_heads_in_a_module() -> None:
     expected, _ = reference_update(losses, list(model.trunk.parameters()), UPGrad)
     mtlagg.backward(losses, model.trunk.parameters(), UPGrad())
     torch.testing.assert_close(flat_grad(list(model.trunk.parameters())), expected)
+
+
+@pytest.mark.parametrize(
+    ("make", "weighted"),
+    [(Mean, False), (UPGrad, False), (lambda: Random(kind="loss"), True), (lambda: Random(kind="gradient"), False)],
+)
+def test_heads_follow_the_method_by_default(make: Callable[[], Aggregator], weighted: bool) -> None:
+    """Loss-weighting methods minimise sum_i w_i L_i, heads included; gradient methods leave heads alone."""
+    model = mlp_model()
+    x, y = _data()
+    _, losses = mse_losses(model, x, y)
+    heads = [torch.autograd.grad(loss, list(h.parameters()), retain_graph=True) for loss, h in zip(losses, model.heads)]
+    result = mtlagg.backward(losses, model.trunk.parameters(), make())
+    assert result.weights is not None
+    for w, head, grads in zip(result.weights, model.heads, heads):
+        for p, g in zip(head.parameters(), grads):
+            torch.testing.assert_close(p.grad, w * g if weighted else g)
