@@ -58,7 +58,7 @@ def _data(num_tasks: int = 3, dtype: torch.dtype = torch.float64) -> tuple[Tenso
 
 
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
-@pytest.mark.parametrize("chunk_size", [None, 1, 2])
+@pytest.mark.parametrize("chunk_size", [None, 1, 2, 64])
 def test_parameter_path_matches_hand_computation(name: str, chunk_size: int | None) -> None:
     model = mlp_model()
     x, y = _data()
@@ -151,7 +151,7 @@ def test_batchnorm_and_dropout_use_the_graph_of_the_forward_pass() -> None:
     torch.testing.assert_close(flat_grad(shared), expected)
 
 
-@pytest.mark.parametrize("chunk_size", [None, 1])
+@pytest.mark.parametrize("chunk_size", [None, 1, 64])
 def test_lstm_trunk(chunk_size: int | None) -> None:
     torch.manual_seed(0)
     lstm = nn.LSTM(3, 5, batch_first=True).double()
@@ -333,3 +333,33 @@ def test_heads_follow_the_method_by_default(make: Callable[[], Aggregator], weig
     for w, head, grads in zip(result.weights, model.heads, heads):
         for p, g in zip(head.parameters(), grads):
             torch.testing.assert_close(p.grad, w * g if weighted else g)
+
+
+class _NoVmapSquare(torch.autograd.Function):
+    """A custom op whose backward leaves torch (as third-party kernels do): it cannot be vmapped."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(z)
+        return z * z
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        return torch.from_numpy((2 * z * grad).numpy())
+
+
+def test_models_vmap_cannot_handle_work_by_default_on_cpu_and_fail_clearly_when_vectorised() -> None:
+    model = mlp_model()
+    x, y = _data()
+
+    def losses() -> list[Tensor]:
+        z = _NoVmapSquare.apply(model.trunk(x))
+        return [((head(z).squeeze(-1) - y[:, i]) ** 2).mean() for i, head in enumerate(model.heads)]
+
+    current = losses()
+    expected, _ = reference_update(current, list(model.trunk.parameters()), UPGrad)
+    mtlagg.backward(current, model.trunk.parameters(), UPGrad())
+    torch.testing.assert_close(flat_grad(list(model.trunk.parameters())), expected)
+    with pytest.raises(mtlagg.VmapError, match="pass chunk_size=1"):
+        mtlagg.backward(losses(), model.trunk.parameters(), UPGrad(), chunk_size=64)

@@ -135,7 +135,7 @@ CASES: dict[str, Case] = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("chunk_size", [None, 1, 2])
+@pytest.mark.parametrize("chunk_size", [None, 1, 2, 64])
 def test_jacobian_matches_autograd(case: str, chunk_size: int | None) -> None:
     losses, params = CASES[case]()
     expected = reference_jacobian(losses, params)
