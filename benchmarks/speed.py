@@ -86,7 +86,7 @@ def methods() -> dict[str, Callable[[], Step]]:
         "plain sum(losses).backward()": lambda: _plain,
         "torchjd mtl_backward + jac_to_grad(UPGrad)": _torchjd_upgrad,
         "mtlagg UPGrad (exact)": lambda: _mtlagg(UPGrad),
-        "mtlagg UPGrad (exact, chunk_size=1)": lambda: _mtlagg(UPGrad, chunk_size=1),
+        "mtlagg UPGrad (exact, vmap over all tasks)": lambda: _mtlagg(UPGrad, chunk_size=1 << 20),
         "mtlagg UPGrad (features=)": lambda: _mtlagg(UPGrad, features=True),
         "mtlagg Mean (loss-only)": lambda: _mtlagg(Mean),
     }
