@@ -127,8 +127,7 @@ class TaskGradients:
             for task in tasks:
                 rows.pop(task, None)
         for layer in {id(layer): layer for layer in self.factored.values()}.values():
-            layer.deltas = layer.deltas.clone()
-            layer.deltas[index] = 0
+            layer.forget_tasks(index)
 
     def add_direct(self, tensor: Tensor, task: int, gradient: Tensor) -> None:
         rows = self.direct.setdefault(id(tensor), {})
@@ -311,7 +310,7 @@ def _sequential(
         grads = torch.autograd.grad(
             [as_gradient_edge(e) for e in task_edges],
             inputs,
-            [edge_grads[e][task] for e in task_edges],
+            [edge_grads[e].pop(task) for e in task_edges],  # released once used
             retain_graph=retain_graph or n < len(order) - 1,
             allow_unused=True,
         )
@@ -337,23 +336,34 @@ def feature_gradients(
     result = TaskGradients(T)
     feature_edges = [edge_of(f) for f in features]
     heads_overlap = any(graph.boundary[i] for i in range(T)) or bool(graph.common_leaves)
-    feature_ids = {id(f) for f in features}
+    leaves_of: list[list[Tensor]] = [[] for _ in range(T)]
+    for leaf in wanted_leaves:
+        mask = graph.leaf_mask(leaf)
+        for i in range(T):
+            if mask >> i & 1:
+                leaves_of[i].append(leaf)
+    # Each feature's T-row block is filled row by row; rows of tasks that do not reach it stay 0.
+    written: dict[int, list[bool]] = {}
     for i, loss in enumerate(losses):
         if not loss.requires_grad:
             continue
         reached = [f for f, e in zip(features, feature_edges) if graph.cut_masks.get(e, 0) >> i & 1]
-        leaves = [t for t in wanted_leaves if graph.leaf_mask(t) >> i & 1]
-        inputs = reached + leaves
+        inputs = reached + leaves_of[i]
         if not inputs:
             continue
         grads = torch.autograd.grad(loss, inputs, retain_graph=retain_graph or heads_overlap, allow_unused=True)
-        for tensor, gradient in zip(inputs, grads):
-            if gradient is None:
-                continue
-            if id(tensor) in feature_ids:  # written straight into the T-row block
+        for tensor, gradient in zip(reached, grads):
+            if gradient is not None:
                 if id(tensor) not in result.blocks:
-                    result.blocks[id(tensor)] = tensor.new_zeros((T, *tensor.shape))
+                    result.blocks[id(tensor)] = tensor.new_empty((T, *tensor.shape))
+                    written[id(tensor)] = [False] * T
                 result.blocks[id(tensor)][i] = gradient
-            else:
+                written[id(tensor)][i] = True
+        for tensor, gradient in zip(leaves_of[i], grads[len(reached) :]):
+            if gradient is not None:
                 result.add_direct(tensor, i, gradient)
+    for key, rows in written.items():
+        missing = [i for i, done in enumerate(rows) if not done]
+        if missing:
+            result.blocks[key][missing] = 0
     return result

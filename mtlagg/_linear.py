@@ -78,18 +78,35 @@ def find_linear_layers(
 
 @dataclass
 class FactoredLinear:
-    """The per-task gradients of one linear layer: ``deltas`` (``T x N x out``) and ``inputs``."""
+    """The per-task gradients of one linear layer: ``deltas`` (``T x N x out``) and ``inputs``.
+
+    The Gramian takes the cheaper of two routes, counting the weighted direction that follows:
+
+    * explicit: form the ``T x out x in`` rows (``T N in out``), then their Gramian; the direction is
+      a weighted sum of the rows (kept until then);
+    * kernel: ``K = x x^T`` and ``<delta_s, K delta_t>`` (``N^2 in + T N^2 out``), never holding the
+      rows; the direction costs one more product (``N in out``).
+    """
 
     weight: Tensor
     bias: Tensor | None
     inputs: Tensor
     deltas: Tensor
+    _rows: Tensor | None = None
+    _weighted: tuple[Tensor, Tensor, Tensor] | None = None
 
     def weight_rows(self) -> Tensor:
+        if self._rows is not None:
+            return self._rows
         return torch.matmul(self.deltas.transpose(1, 2), self.inputs)
 
     def bias_rows(self) -> Tensor:
         return self.deltas.sum(dim=1)
+
+    def use_kernel(self) -> bool:
+        T, N, out = self.deltas.shape
+        fan_in = self.inputs.shape[1]
+        return N * N * (fan_in + T * out) + N * fan_in * out < T * N * fan_in * out
 
     def gramian(self, dtype: torch.dtype) -> Tensor:
         """The Gramian of the weight and bias gradients together."""
@@ -101,19 +118,39 @@ class FactoredLinear:
         return sums @ sums.T
 
     def weight_gramian(self, dtype: torch.dtype) -> Tensor:
-        T, N, out = self.deltas.shape
+        T, N, _ = self.deltas.shape
+        if not self.use_kernel():
+            self._rows = torch.matmul(self.deltas.transpose(1, 2), self.inputs)
+            rows = self._rows.reshape(T, -1).to(dtype)
+            return rows @ rows.T
         deltas = self.deltas.to(dtype)
-        inputs = self.inputs.to(dtype)
+        kernel = self.inputs.to(dtype) @ self.inputs.to(dtype).T
         flat = deltas.reshape(T, -1)
-        if N * N * (inputs.shape[1] + T * out) < T * N * inputs.shape[1] * out:
-            kernel = inputs @ inputs.T
-            mixed = torch.bmm(kernel.expand(T, N, N), deltas).reshape(T, -1)
-            gram = flat @ mixed.T
-        else:
-            rows = torch.matmul(deltas.transpose(1, 2), inputs).reshape(T, -1)
-            gram = rows @ rows.T
-        return gram
+        gram = flat.new_empty(T, T)
+        step = 8  # K delta_t for a few tasks at a time: a small temporary
+        for start in range(0, T, step):
+            chunk = deltas[start : start + step]
+            mixed = torch.bmm(kernel.expand(chunk.shape[0], N, N), chunk).reshape(chunk.shape[0], -1)
+            gram[start : start + step] = mixed @ flat.T
+        return 0.5 * (gram + gram.T)
 
     def weighted(self, coefficients: Tensor) -> tuple[Tensor, Tensor]:
-        combined = torch.tensordot(coefficients.to(self.deltas.dtype), self.deltas, dims=1)
-        return combined.T @ self.inputs, combined.sum(dim=0)
+        """``(sum_t c_t grad_W L_t, sum_t c_t grad_b L_t)``, computed once per coefficient vector."""
+        if self._weighted is not None and self._weighted[0] is coefficients:
+            return self._weighted[1], self._weighted[2]
+        key = coefficients  # held, so that the identity test cannot match a recycled object
+        coefficients = coefficients.to(self.deltas.dtype)
+        combined = torch.tensordot(coefficients, self.deltas, dims=1)
+        if self._rows is not None:
+            weight = torch.tensordot(coefficients, self._rows, dims=1)
+        else:
+            weight = combined.T @ self.inputs
+        self._weighted = (key, weight, combined.sum(dim=0))
+        return weight, self._weighted[2]
+
+    def forget_tasks(self, tasks: list[int]) -> None:
+        """Zero the rows of ``tasks`` and drop what was derived from them."""
+        self.deltas = self.deltas.clone()
+        self.deltas[tasks] = 0
+        self._rows = None
+        self._weighted = None

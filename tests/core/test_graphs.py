@@ -118,7 +118,16 @@ def stagewise_attention() -> tuple[list[Tensor], list[Tensor]]:
     return losses, [*stage1.parameters(), *stage2.parameters()]
 
 
+def wide_layers_small_batch() -> tuple[list[Tensor], list[Tensor]]:
+    """Few rows and wide layers: the Gramian of the linear layers goes through the kernel x x^T."""
+    trunk = nn.Sequential(nn.Linear(30, 40), nn.Tanh(), nn.Linear(40, 40), nn.Tanh()).double()
+    z = trunk(_x(3, 30))
+    heads = [nn.Linear(40, 1).double() for _ in range(6)]
+    return [h(z).pow(2).mean() for h in heads], list(trunk.parameters())
+
+
 CASES: dict[str, Case] = {
+    "wide_layers_small_batch": wide_layers_small_batch,
     "stagewise_attention": stagewise_attention,
     "residual": residual,
     "tied_weights": tied_weights,
@@ -162,3 +171,12 @@ def test_nested_features_are_rejected() -> None:
     losses = [z1.mean(), z2.pow(2).mean()]
     with pytest.raises(ValueError, match=r"features\[1\] depends on features\[0\]"):
         mtlagg.backward(losses, trunk.parameters(), UPGrad(), features=[z1, z2])
+
+
+def test_both_routes_of_the_factored_layers_are_exercised() -> None:
+    from mtlagg._linear import FactoredLinear
+
+    deltas = torch.zeros(6, 3, 40, dtype=DT)
+    assert FactoredLinear(torch.zeros(40, 40), None, torch.zeros(3, 40, dtype=DT), deltas).use_kernel()
+    deltas = torch.zeros(6, 64, 40, dtype=DT)
+    assert not FactoredLinear(torch.zeros(40, 40), None, torch.zeros(64, 40, dtype=DT), deltas).use_kernel()
