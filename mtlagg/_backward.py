@@ -224,7 +224,7 @@ class _Step:
     # -- paths ----------------------------------------------------------------------------------
     def run_losses_only(self) -> BackwardResult:
         """Weights from the losses alone: ordinary backward passes, no per-task gradients."""
-        graph = analyse(self.roots)
+        graph = analyse(self.roots, classify=False)
         good, bad = self.bad_tasks(None)
         if bad:
             early = self.handle_bad(bad, self.describe(bad, None, self.shared))
@@ -236,35 +236,67 @@ class _Step:
         shared = [p.tensor for p in self.shared if graph.leaf_mask(p.tensor)]
         everyone = self.kept_mask(bad)
         coefficients = self.coefficients(weights, good)
-        # Task parameters in one call (each gets the gradient of the kept losses reaching it), except
-        # those declared for fewer tasks than reach them (explicit task_params), grouped by mask.
+        # One backward of sum_i w_i L_i serves the shared parameters and the task parameters that
+        # want w-weighted gradients, and also, rescaled by 1 / w_i, every parameter only task i
+        # reaches (a head): scaling by w_i and back is exact up to rounding. The rest (parameters of
+        # several tasks wanting unweighted gradients, zero weights, explicit task_params narrower
+        # than what reaches them) get their own calls, grouped by task mask.
+        host_weights = weights.tolist()
+        main: list[Tensor] = list(shared)
+        rescale: dict[int, float] = {}
         groups: dict[int, list[Tensor]] = {}
         for tensor, mask in self.task_leaves(graph):
-            key = everyone if mask == graph.leaf_mask(tensor) else mask & everyone
-            groups.setdefault(key, []).append(tensor)
+            reach = graph.leaf_mask(tensor)
+            if not mask & everyone:
+                continue
+            if mask != reach:
+                groups.setdefault(mask & everyone, []).append(tensor)
+            elif self.weight_task_params:
+                main.append(tensor)
+            elif reach & (reach - 1) == 0 and abs(host_weights[reach.bit_length() - 1]) > 1e-20:
+                main.append(tensor)
+                rescale[id(tensor)] = 1.0 / host_weights[reach.bit_length() - 1]
+            else:
+                groups.setdefault(everyone, []).append(tensor)
         calls = [(tensors, coefficients, mask) for mask, tensors in groups.items()]
-        calls.append((shared, weights, everyone))
+        calls.append((main, weights, everyone))
+        targets = [t for tensors, _, _ in calls for t in tensors]
+        # When no target holds a gradient yet (after zero_grad(set_to_none=True)), backward passes
+        # write into .grad directly, and a failed check can put every .grad back to None.
+        direct = all(t.grad is None for t in targets)
         gradients: dict[int, Tensor] = {}
         for n, (tensors, coef, mask) in enumerate(calls):
             tasks = [i for i in range(self.T) if mask >> i & 1 and self.losses[i].requires_grad]
             if not tensors or not tasks:
                 continue
-            grads = torch.autograd.grad(
-                [self.losses[i] for i in tasks],
-                tensors,
-                [coef[i].to(self.losses[i].dtype).reshape(self.losses[i].shape) for i in tasks],
-                retain_graph=self.retain_graph or n < len(calls) - 1,
-                allow_unused=True,
-            )
+            outputs = [self.losses[i] for i in tasks]
+            seeds = self._seeds(coef, tasks)
+            retain = self.retain_graph or n < len(calls) - 1
+            if direct:
+                torch.autograd.backward(outputs, seeds, retain_graph=retain, inputs=tensors)
+                continue
+            grads = torch.autograd.grad(outputs, tensors, seeds, retain_graph=retain, allow_unused=True)
             for tensor, gradient in zip(tensors, grads):
                 if gradient is not None:
                     gradients[id(tensor)] = gradient
+        if direct:
+            gradients = {id(t): t.grad for t in targets if t.grad is not None}
+        scaled = [key for key in rescale if key in gradients]  # heads that rode along in the w-seeded pass
+        if scaled:
+            if direct:  # fresh .grad tensors: scale them in place, in one fused call
+                torch._foreach_mul_([gradients[key] for key in scaled], [rescale[key] for key in scaled])
+            else:
+                for key in scaled:
+                    gradients[key] = gradients[key] * rescale[key]
         if self.on_nonfinite != "ignore" and not _all_finite(list(gradients.values())):
             names = [
                 p.name
                 for p in self.shared
                 if id(p.tensor) in gradients and not bool(torch.isfinite(gradients[id(p.tensor)]).all())
             ]
+            if direct:
+                for t in targets:
+                    t.grad = None
             message = (
                 "the aggregated gradient holds NaN or Inf"
                 + (f" for {', '.join(names)}" if names else " for a task parameter")
@@ -274,11 +306,19 @@ class _Step:
                 raise NonFiniteError(f"non-finite values in mtlagg.backward ({message})")
             warnings.warn(f"mtlagg.backward skipped the step: {message}", RuntimeWarning, stacklevel=3)
             return BackwardResult(self.values, skipped=True)
-        tensors_by_id = {id(p.tensor): p.tensor for p in self.shared}
-        tensors_by_id.update({id(t): t for t, _ in self.task_leaves(graph)})
-        for key, gradient in gradients.items():
-            _accumulate(tensors_by_id[key], gradient)
+        if not direct:
+            tensors_by_id = {id(t): t for t in targets}
+            for key, gradient in gradients.items():
+                _accumulate(tensors_by_id[key], gradient)
         return BackwardResult(self.values, weights=weights.detach() if self._weighted else None, nonfinite_tasks=bad)
+
+    def _seeds(self, coefficients: Tensor, tasks: list[int]) -> list[Tensor]:
+        """The ``grad_outputs`` of the losses of ``tasks``: their coefficients, shaped like them."""
+        losses = [self.losses[i] for i in tasks]
+        if all(loss.dim() == 0 and loss.dtype == losses[0].dtype for loss in losses):
+            picked = coefficients if len(tasks) == self.T else coefficients[tasks]
+            return list(picked.to(losses[0].dtype).unbind())
+        return [coefficients[i].to(loss.dtype).reshape(loss.shape) for i, loss in zip(tasks, losses)]
 
     @property
     def _weighted(self) -> bool:

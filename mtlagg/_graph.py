@@ -94,10 +94,12 @@ class TaskGraph:
         return 0 if entry is None else entry[1]
 
 
-def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> TaskGraph:
+def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None, *, classify: bool = True) -> TaskGraph:
     """Label the graph below ``roots`` (one edge per task, ``None`` for a constant loss).
 
     Traversal stops at ``cut_edges`` (the ``features=`` tensors), recording which tasks reach them.
+    ``classify=False`` only labels the leaves (what the loss-only path needs), skipping the
+    boundaries and regions the two-phase engine uses.
     """
     cuts = cut_edges or set()
     T = len(roots)
@@ -156,6 +158,11 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
             if indegree[child] == 0:
                 queue.append(child)
 
+    for node, variable in variables.items():
+        if masks[node]:
+            graph.leaves[id(variable)] = (variable, masks[node])
+    if not classify:
+        return graph
     for i, edge in root_cuts:
         graph.cut_masks[edge] = graph.cut_masks.get(edge, 0) | (1 << i)
     boundary_sets: list[set[Edge]] = [set() for _ in range(T)]
@@ -185,9 +192,7 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
             continue
         for edge in cut_parents.get(node, ()):
             graph.cut_masks[edge] = graph.cut_masks.get(edge, 0) | mask
-        variable = variables.get(node)
-        if variable is not None:  # AccumulateGrad: a leaf
-            graph.leaves[id(variable)] = (variable, mask)
+        if node in variables:  # AccumulateGrad: a leaf, labelled above
             continue
         exclusive = mask & (mask - 1) == 0
         if not exclusive:

@@ -121,6 +121,12 @@ def check_chunk_size(chunk_size: int | None) -> None:
 def stacked_loss_values(losses: list[Tensor]) -> Tensor:
     """The detached loss values as one 1-D tensor (promoted to a common floating dtype)."""
     dtype = losses[0].dtype
+    same = True
     for loss in losses[1:]:
-        dtype = torch.promote_types(dtype, loss.dtype)
-    return torch.stack([loss.detach().reshape(()).to(dtype) for loss in losses])
+        if loss.dtype != dtype or loss.shape != losses[0].shape:
+            same = False
+            dtype = torch.promote_types(dtype, loss.dtype)
+    with torch.no_grad():
+        if same:
+            return torch.stack(losses).reshape(len(losses))
+        return torch.stack([loss.reshape(()).to(dtype) for loss in losses])
