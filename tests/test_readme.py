@@ -53,3 +53,10 @@ def test_method_table_columns_match_the_classes() -> None:
         promised = getattr(cls, "non_conflicting", False)
         if isinstance(promised, bool):
             assert (row[5] == "yes") == promised, f"{name}: README says NC {row[5]}"
+
+
+def test_the_method_count_in_the_introduction_is_the_registry_size() -> None:
+    from mtlagg.aggregators import ALIASES
+
+    count = len([name for name in REGISTRY if name not in ALIASES])
+    assert f"{count} methods" in README.read_text()
