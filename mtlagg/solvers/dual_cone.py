@@ -130,9 +130,11 @@ def _solve(gramian: Tensor, weights: Tensor, eps: float, initial_free: Tensor | 
         return torch.zeros_like(C)  # G = 0: every u is its own projection
     values, vectors = torch.linalg.eigh(G)
     keep = values > cutoff
-    rank = int(keep.sum())
+    rank, smallest = int(keep.sum()), float(values[0])
     if rank == T:
-        return _full_rank(G, C, free, None, None, None)
+        # (the trace bound is loose for large T: the eigenvalues decide)
+        inverse = (vectors / values) @ vectors.T if smallest > _INVERTIBLE else None
+        return _full_rank(G, C, free, None, inverse, U)
     if rank == 0:
         return torch.zeros_like(C)
     R = vectors[:, keep].T * values[keep].sqrt()[:, None]  # (r, T)

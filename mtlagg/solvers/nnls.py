@@ -7,7 +7,8 @@ Solves, for every row ``c_b`` of ``C``,
 with ``c_b`` in the range of ``G``: the non-negative least-squares problem
 :math:`\min_{x \ge 0} \lVert R x + y_b \rVert^2` with :math:`R^\top y_b = c_b` (Lawson & Hanson,
 "Solving Least Squares Problems", 1974, ch. 23). The passive set (the positive coordinates) grows
-one coordinate at a time, the one with the most negative gradient; when the least-squares solution
+one coordinate at a time, the one with the most negative gradient along its unit column
+(``grad_j / ||r_j||``); when the least-squares solution
 on the passive set leaves the orthant, the iterate moves towards it up to the boundary and the
 coordinates that reach 0 leave the set. The columns of ``R`` on the passive set stay linearly
 independent (a column in the span of the others has a zero gradient at the least-squares solution
@@ -33,6 +34,8 @@ from torch import Tensor
 #: An added coordinate whose squared distance to the span of the passive columns is below this
 #: (relative to its squared norm) is numerically dependent: it is not added.
 _DEPENDENT = 1e-13
+#: The passive-set slots grow by this many at a time.
+_CHUNK = 16
 
 
 def lawson_hanson(
@@ -68,9 +71,12 @@ def lawson_hanson(
     padded[T:, T:] = torch.eye(k, dtype=dtype, device=device)
     flat = padded.view(-1)
     diagonal = G.diagonal()
+    inverse_norm = diagonal.clamp_min(1e-300).rsqrt()
     through = factor is not None and targets is not None and 2 * factor.shape[0] <= T
-    positions = torch.arange(k, device=device)
-    dummies = positions + T
+    # The passive sets are stored in ``m`` slots (grown by _CHUNK up to k as they fill): early
+    # iterations work on small triangular factors.
+    m = min(k, _CHUNK)
+    positions = torch.arange(m, device=device)
 
     x_out = torch.zeros(batch, T, dtype=dtype, device=device)
     finished_out = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -79,11 +85,11 @@ def lawson_hanson(
     Cw, tol = C, tolerance
     negative = torch.nn.functional.pad(-C, (0, k))
     linear = targets if through else None
-    order = dummies.expand(batch, k).clone()
+    order = (positions + T).expand(batch, m).clone()
     count = torch.zeros(batch, dtype=torch.long, device=device)
-    L = torch.eye(k, dtype=dtype, device=device).expand(batch, k, k).clone()
-    forward = torch.zeros(batch, k, dtype=dtype, device=device)  # L^{-1} (-c_P), 0 on the padding
-    xo = torch.zeros(batch, k, dtype=dtype, device=device)  # x on the passive set, in its order
+    L = torch.eye(m, dtype=dtype, device=device).expand(batch, m, m).clone()
+    forward = torch.zeros(batch, m, dtype=dtype, device=device)  # L^{-1} (-c_P), 0 on the padding
+    xo = torch.zeros(batch, m, dtype=dtype, device=device)  # x on the passive set, in its order
     excluded = torch.zeros(batch, T, dtype=torch.bool, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     rows = torch.arange(batch, device=device)
@@ -93,7 +99,7 @@ def lawson_hanson(
         ar = rows[:b]
         valid = positions < count[:, None]
         # The least-squares solution on the passive set (0 on the padding).
-        z = torch.linalg.solve_triangular(L.mT, forward[:, :, None], upper=True)[:, :, 0]
+        z = torch.linalg.solve_triangular(L, forward[:, None, :], upper=False, left=False)[:, 0, :]
         bad = valid & (z <= 0)
         infeasible = bad.any(dim=1) & ~finished
         # Towards z, up to the first passive coordinate that reaches 0.
@@ -110,11 +116,14 @@ def lawson_hanson(
         else:
             gradient = torch.addmm(Cw, x, G)
         passive = torch.zeros(b, T + k, dtype=torch.bool, device=device).scatter_(1, order, valid)[:, :T]
-        value, best = torch.where(passive | excluded, torch.inf, gradient).min(dim=1)
+        # (pricing by the gradient along the unit column, grad_j / ||r_j||: half the drops of the
+        # plain most-negative-gradient rule on degenerate problems)
+        value, best = torch.where(passive | excluded, torch.inf, gradient * inverse_norm).min(dim=1)
+        value = value / inverse_norm[best]
         add = ~infeasible & ~finished & (value < -tol) & (count < k)
         finished = finished | (~infeasible & ~add)
         # Add ``best``: one new row of L and one new entry of L^{-1} (-c_P).
-        column = flat.index_select(0, (order * (T + k) + best[:, None]).view(-1)).view(b, k)
+        column = flat.index_select(0, (order * (T + k) + best[:, None]).view(-1)).view(b, m)
         row = torch.linalg.solve_triangular(L, column[:, :, None], upper=False)[:, :, 0]
         own = diagonal.index_select(0, best)
         squared = own - (row * row).sum(dim=1)
@@ -122,16 +131,17 @@ def lawson_hanson(
         excluded.view(-1).index_fill_(0, (ar * T + best)[add & ~independent], True)
         add = add & independent
         pivot = squared.clamp_min(1e-300).sqrt()
-        slot = count.clamp(max=k - 1)
+        slot = count.clamp(max=m - 1)
         entry = (negative.gather(1, best[:, None])[:, 0] - (row * forward).sum(dim=1)) / pivot
         row = row.scatter(1, slot[:, None], pivot[:, None])
-        where = ar * k + slot
-        rows_of_L = L.view(b * k, k)
+        where = ar * m + slot
+        rows_of_L = L.view(b * m, m)
         rows_of_L.index_copy_(0, where, torch.where(add[:, None], row, rows_of_L.index_select(0, where)))
         forward.scatter_(1, slot[:, None], torch.where(add, entry, forward.gather(1, slot[:, None])[:, 0])[:, None])
         order.scatter_(1, slot[:, None], torch.where(add, best, order.gather(1, slot[:, None])[:, 0])[:, None])
         count = count + add
-        any_infeasible, remaining = torch.stack([infeasible.any(), (~finished).sum()]).tolist()
+        stats = torch.stack([infeasible.any(), (~finished).sum(), count.max()]).tolist()
+        any_infeasible, remaining, fullest = stats
         if any_infeasible:
             _drop(order, count, xo, L, forward, negative, leaving, infeasible, flat, T, k)
         if remaining == 0 or 2 * remaining <= b:
@@ -146,6 +156,18 @@ def lawson_hanson(
             excluded, finished = excluded[keep], finished[keep]
             if linear is not None:
                 linear = linear[keep]
+        if fullest >= m and m < k:
+            # Grow the slots: identity rows, dummy coordinates, zeros.
+            grown = min(k, m + _CHUNK)
+            b = Cw.shape[0]
+            wider = torch.eye(grown, dtype=dtype, device=device).expand(b, grown, grown).clone()
+            wider[:, :m, :m] = L
+            L = wider
+            positions = torch.arange(grown, device=device)
+            order = torch.cat([order, (positions[m:] + T).expand(b, grown - m)], dim=1)
+            forward = torch.nn.functional.pad(forward, (0, grown - m))
+            xo = torch.nn.functional.pad(xo, (0, grown - m))
+            m = grown
     else:
         x_out[index] = xo.new_zeros(Cw.shape[0], T + k).scatter_(1, order, xo)[:, :T]
         finished_out[index] = finished
@@ -168,14 +190,15 @@ def _drop(
     """Remove the leaving coordinates from the passive sets (keeping the order of the others) and
     refactorise the passive blocks of the problems concerned; in place."""
     index = torch.nonzero(infeasible).flatten()
-    positions = torch.arange(k, device=order.device)
+    m = order.shape[1]
+    positions = torch.arange(m, device=order.device)
     keep = (positions < count[index, None]) & ~leaving[index]
-    permutation = torch.where(keep, positions, positions + k).argsort(dim=1)
+    permutation = torch.where(keep, positions, positions + m).argsort(dim=1)
     new_count = keep.sum(dim=1)
     inside = positions < new_count[:, None]
     new_order = torch.where(inside, order[index].gather(1, permutation), positions + T)
     block = flat.index_select(0, ((new_order * (T + k))[:, :, None] + new_order[:, None, :]).view(-1))
-    block = block.view(-1, k, k)
+    block = block.view(-1, m, m)
     new_L, _ = torch.linalg.cholesky_ex(block)
     rhs = negative[index].gather(1, new_order)[:, :, None]
     order[index] = new_order
