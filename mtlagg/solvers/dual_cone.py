@@ -37,6 +37,7 @@ Every answer is checked against the KKT conditions of the matrix it solved, to
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -107,7 +108,7 @@ def _solve(gramian: Tensor, weights: Tensor, eps: float, initial_free: Tensor | 
     U = weights.to(device=G.device, dtype=torch.float64)
     # Scale to a unit largest diagonal entry (the minimiser does not change) and symmetrise.
     largest = G.diagonal().amax()
-    G = (G + G.T) / (2 * torch.where(largest > 0, largest, 1.0))
+    G = torch.add(G, G.T).mul_(0.5 / largest)  # (G = 0: NaN here, zeros returned below)
     C = U @ G
     free = C < -FLIP if initial_free is None else initial_free.to(device=C.device, dtype=torch.bool)
     # Certification: the Cholesky factorisation exists and 1 / trace(G^{-1}) (<= lambda_min) is
@@ -116,24 +117,29 @@ def _solve(gramian: Tensor, weights: Tensor, eps: float, initial_free: Tensor | 
     eye = torch.eye(T, dtype=G.dtype, device=G.device)
     inverse_factor = torch.linalg.solve_triangular(factor, eye, upper=False)
     norm = torch.linalg.vector_norm(inverse_factor)
-    head = torch.stack([info.to(G.dtype), norm, largest])
-    stats = torch.cat([head, trivial_sizes(C, free).to(G.dtype)]).tolist()
+    # (cold start: an empty initial free set means c >= 0, x = 0 optimal)
+    sizes = free.sum(dim=1) if initial_free is None else trivial_sizes(C, free)
+    stats = torch.cat([torch.stack([info.to(G.dtype), norm, largest]), sizes.to(G.dtype)]).tolist()
     info, norm, largest = stats[:3]
     cutoff = T * eps
     if info == 0 and math.isfinite(norm) and 1.0 / (norm * norm) > cutoff:
-        # (the fixed-set form of the active-set solves multiplies by G^{-1}: only when it is accurate)
-        inverse = inverse_factor.T @ inverse_factor if 1.0 / (norm * norm) > _INVERTIBLE else None
-        return _full_rank(G, C, free, [int(s) for s in stats[3:]], inverse, U)
+        sizes = [int(s) if s > 0 or initial_free is not None else -1 for s in stats[3:]]
+        # (the fixed-set form of the active-set solves multiplies by G^{-1}: only when it is
+        # accurate, and formed only if the solver gathers blocks)
+        inverse = (lambda: inverse_factor.T @ inverse_factor) if 1.0 / (norm * norm) > _INVERTIBLE else None
+        return _full_rank(G, C, free, sizes, inverse, U)
+    if largest == 0:
+        return torch.zeros_like(C)  # G = 0: every u is its own projection
     if not (math.isfinite(largest) and bool(torch.isfinite(G).all() & torch.isfinite(C).all())):
         raise SolverError("the QP has NaN or Inf entries (a non-finite task gradient reached the aggregator)")
-    if largest <= 0:
-        return torch.zeros_like(C)  # G = 0: every u is its own projection
+    if largest < 0:
+        raise SolverError(f"the Gramian has a negative diagonal entry ({largest:g}): it is not a Gramian")
     values, vectors = torch.linalg.eigh(G)
     keep = values > cutoff
     rank, smallest = int(keep.sum()), float(values[0])
     if rank == T:
         # (the trace bound is loose for large T: the eigenvalues decide)
-        inverse = (vectors / values) @ vectors.T if smallest > _INVERTIBLE else None
+        inverse = (lambda: (vectors / values) @ vectors.T) if smallest > _INVERTIBLE else None
         return _full_rank(G, C, free, None, inverse, U)
     if rank == 0:
         return torch.zeros_like(C)
@@ -145,7 +151,12 @@ def _solve(gramian: Tensor, weights: Tensor, eps: float, initial_free: Tensor | 
 
 
 def _full_rank(
-    G: Tensor, C: Tensor, free: Tensor, sizes: list[int] | None, inverse: Tensor | None, U: Tensor | None
+    G: Tensor,
+    C: Tensor,
+    free: Tensor,
+    sizes: list[int] | None,
+    inverse: Callable[[], Tensor] | None,
+    U: Tensor | None,
 ) -> Tensor:
     T = G.shape[0]
     X, settled = primal_dual_active_set(G, C, free, min(2 * T + 10, 25), inverse=inverse, U=U, sizes=sizes)

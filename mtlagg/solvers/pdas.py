@@ -22,6 +22,7 @@ out of iterations are reported unsettled; the caller checks the KKT conditions o
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -35,6 +36,9 @@ _DENSE_ENTRIES = 12_000
 #: From this iteration on, a problem that returns to the free set it had two iterations before is
 #: cycling: it stops, unsettled.
 _CYCLE_CHECK = 8
+#: The fixed-set form of the blocks is used when it saves at least this much factorisation work
+#: (``b * s^3``, about the cost of its extra operations on a CPU).
+_MIXED_WORK = 400_000
 #: From this much factorisation work (``b * s^3``) per iteration, the problems are grouped by size.
 _BUCKET_WORK = 20_000_000
 
@@ -45,7 +49,7 @@ def primal_dual_active_set(
     free: Tensor,
     max_iterations: int,
     *,
-    inverse: Tensor | None = None,
+    inverse: Tensor | Callable[[], Tensor] | None = None,
     U: Tensor | None = None,
     sizes: list[int] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
@@ -56,7 +60,8 @@ def primal_dual_active_set(
         C: ``(B, T)`` linear terms.
         free: ``(B, T)`` initial guess of the free coordinates.
         max_iterations: iterations before the unsettled problems are given up.
-        inverse, U: ``G^{-1}`` and weights with ``C = U G``. With them, a problem whose free set
+        inverse, U: ``G^{-1}`` (or a function that forms it when needed) and weights with
+            ``C = U G``. With them, a problem whose free set
             is the larger part is solved through its fixed set ``N`` instead (``v = u + x =
             G^{-1}_{:N} l`` with ``G^{-1}_{NN} l = u_N``): blocks of ``min(|F|, |N|)``.
         sizes: the host's copy of ``free.sum(1)`` with ``-1`` where ``x = 0`` is known to be
@@ -82,29 +87,41 @@ def primal_dual_active_set(
     sizes = [sizes[i] for i in alive]
     Cw, fw = (C, free) if working is None else (C[working], free[working])
     Uw = None if not mixed else (U if working is None else U[working])
-    rhs = torch.cat([-Cw, Uw if mixed else torch.zeros_like(Cw), torch.zeros_like(Cw)], dim=1)
+    # The right-hand sides: -c (F-form), then u (N-form), then the dummies' zeros (formed when the
+    # blocks are first gathered).
+    rhs = -Cw
     settled_w = [False] * len(alive)
     before = fw
     cycled: list[Tensor] = []
     iteration = 0
-    scale = torch.tensor(T + 1, device=device)
     while iteration < max_iterations:
         b = Cw.shape[0]
+        size = max(sizes)
         through_fixed = [mixed and 2 * s > T for s in sizes]
-        size = max(T - s if f else s for s, f in zip(sizes, through_fixed, strict=True))
+        if any(through_fixed):
+            smaller = max(T - s if f else s for s, f in zip(sizes, through_fixed, strict=True))
+            # (the fixed-set form costs a few more operations: only where the blocks shrink enough)
+            if b * (size**3 - smaller**3) >= _MIXED_WORK:
+                size = smaller
+            else:
+                through_fixed = [False] * b
         dense = T <= _DENSE_VARIABLES or b * T * T <= _DENSE_ENTRIES or 4 * size > 3 * T
         steps = (3 if T <= _DENSE_VARIABLES else 2) if dense else 1
         for step in range(steps):
             if dense:
                 block = torch.where(fw[:, :, None] & fw[:, None, :], G, eye)
                 factor, _ = torch.linalg.cholesky_ex(block)
-                xw = _solve(factor, torch.where(fw, rhs[:, :T], 0.0))
+                right = torch.where(fw, rhs[:, :T], 0.0)[:, :, None]
+                xw = torch.cholesky_solve(right, factor)[:, :, 0]
                 gradient = torch.addmm(Cw, xw, G)
             elif size == 0:
                 xw, gradient = torch.zeros_like(Cw), Cw
             else:
                 if source is None:
+                    if callable(inverse):
+                        inverse = inverse()
                     source = torch.block_diag(G, inverse if mixed else eye, eye).view(-1)
+                    rhs = torch.cat([rhs, Uw if mixed else torch.zeros_like(Cw), torch.zeros_like(Cw)], dim=1)
                 # The ``size`` smallest keys: the selected coordinates (F, or N + T for the problems
                 # solved through N), then distinct dummies.
                 fixed = torch.tensor(through_fixed, device=device)[:, None] if any(through_fixed) else None
@@ -147,7 +164,7 @@ def primal_dual_active_set(
                 changed = changed & ~cycling
         before = fw
         # One host synchronisation: the new sizes, and which problems moved (size + T + 1).
-        codes = torch.addcmul(new_free.sum(dim=1), changed, scale).tolist()
+        codes = torch.add(new_free.sum(dim=1), changed, alpha=T + 1).tolist()
         sizes = [c % (T + 1) for c in codes]
         settled_w = [c <= T for c in codes]
         moved = b - sum(settled_w)
