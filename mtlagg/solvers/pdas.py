@@ -71,7 +71,9 @@ def primal_dual_active_set(
     dtype, device = C.dtype, C.device
     X = torch.zeros_like(C)
     if sizes is None:
-        sizes = trivial_sizes(C, free).tolist()
+        # (small problems are solved on the masked matrix, whatever their sizes: no need to read
+        # them; the problems with x = 0 settle in the first iteration)
+        sizes = [T] * batch if always_dense(batch, T) else trivial_sizes(C, free).tolist()
     alive = [i for i, s in enumerate(sizes) if s >= 0]
     if not alive:
         return X, None
@@ -105,8 +107,8 @@ def primal_dual_active_set(
                 size = smaller
             else:
                 through_fixed = [False] * b
-        dense = T <= _DENSE_VARIABLES or b * T * T <= _DENSE_ENTRIES or 4 * size > 3 * T
-        steps = (3 if T <= _DENSE_VARIABLES else 2) if dense else 1
+        dense = always_dense(b, T) or 4 * size > 3 * T
+        steps = 2 if dense else 1
         for step in range(steps):
             if dense:
                 block = torch.where(fw[:, :, None] & fw[:, None, :], G, eye)
@@ -231,6 +233,11 @@ def _solve(factor: Tensor, rhs: Tensor) -> Tensor:
     backward one written as ``x^T L = w^T`` (no transposed copy of the factor)."""
     forward = torch.linalg.solve_triangular(factor, rhs[:, :, None], upper=False)
     return torch.linalg.solve_triangular(factor, forward.mT, upper=False, left=False)[:, 0, :]
+
+
+def always_dense(batch: int, T: int) -> bool:
+    """Whether a working batch of this size is solved on the masked matrix (not gathered blocks)."""
+    return T <= _DENSE_VARIABLES or batch * T * T <= _DENSE_ENTRIES
 
 
 def trivial_sizes(C: Tensor, free: Tensor) -> Tensor:

@@ -509,3 +509,25 @@ def test_lawson_hanson_matches_scipy_nnls(seed: int) -> None:
             _, expected = nnls(numpy(R), -numpy(Y[b]))
             ours = float(np.linalg.norm(numpy(R) @ numpy(X[b]) + numpy(Y[b])))
             assert ours <= expected + 1e-10 * (1 + expected)
+
+
+@pytest.mark.parametrize(
+    ("T", "kind"), [(3, "normal"), (10, "conflicting"), (40, "conflicting"), (40, "normal"), (128, "conflicting")]
+)
+def test_dual_cone_fast_path_solves_standard_problems(T: int, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On well-conditioned full-rank problems the primal-dual active set settles every problem and
+    passes the KKT check by itself (the fallbacks, correct but slower, are not needed): a wrong
+    initial guess or a wrong "x = 0 is optimal" shortcut would end up there."""
+    from mtlagg.solvers import dual_cone
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the fallback was used")
+
+    monkeypatch.setattr(dual_cone, "_repair", fail)
+    g = torch.Generator().manual_seed(T)
+    J = conflicting(T, 3 * T, g) if kind == "conflicting" else torch.randn(T, 3 * T, generator=g, dtype=torch.float64)
+    for dtype in (torch.float64, torch.float32):
+        G = (J @ J.T).to(dtype)
+        for U in (torch.eye(T) / T, torch.full((1, T), 1.0 / T)):
+            X = solve_dual_cone(G, U)
+            assert torch.isfinite(X).all() and (X >= 0).all()
