@@ -58,6 +58,9 @@ class Method:
     #: > 0: every call gets a new matrix, the base one plus this relative Gaussian perturbation of
     #: the rows (a training-like sequence of close Jacobians, for warm-started solvers).
     drift: float = 0.0
+    #: the rank of the matrix (``None``: full rank, ``min(T, n)``); a rank-deficient version of the
+    #: same kind of matrix (see :func:`conflicting_matrix`).
+    rank: int | None = None
 
 
 def _torchjd() -> object | None:
@@ -95,6 +98,7 @@ def methods() -> list[Method]:
             theirs(lambda tj, T: tj.UPGrad()),
             drift=0.02,
         ),
+        Method("UPGrad, rank 64", lambda T: UPGrad(), theirs(lambda tj, T: tj.UPGrad()), rank=64),
         Method("DualProj", lambda T: DualProj(), theirs(lambda tj, T: tj.DualProj())),
         Method("ConFIG", lambda T: ConFIG(), theirs(lambda tj, T: tj.ConFIG())),
         Method("Krum", lambda T: Krum(1, 2), theirs(lambda tj, T: tj.Krum(n_byzantine=1, n_selected=2))),
@@ -109,14 +113,27 @@ def _with_losses(aggregator: Callable[..., Tensor], T: int) -> Callable[[Tensor]
     return lambda J: aggregator(J, losses=losses)
 
 
-def conflicting_matrix(T: int, n: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Tensor:
+def conflicting_matrix(
+    T: int, n: int, seed: int = 0, dtype: torch.dtype = torch.float32, rank: int | None = None
+) -> Tensor:
     """``T x n`` rows with a shared unit direction of coefficient in ``[-0.5, 1]`` (mixed signs: about
-    a third of the pairs conflict), unit-norm noise for the rest, and log-normal norms."""
+    a third of the pairs conflict), unit-norm noise for the rest, and log-normal norms.
+
+    With ``rank``, the noise lies in a random subspace of dimension ``rank - 1`` (so that the matrix,
+    with the shared direction, has rank ``rank`` when ``T >= rank``): the Gramian of a batch of
+    per-example gradients taken with respect to a narrow representation (IWRM with ``features=``).
+    """
     g = torch.Generator().manual_seed(seed)
     common = torch.randn(n, generator=g, dtype=torch.float64)
     common = common / common.norm()
     coefficient = torch.linspace(-0.5, 1.0, T, dtype=torch.float64)[torch.randperm(T, generator=g)]
-    noise = torch.randn(T, n, generator=g, dtype=torch.float64)
+    if rank is None or rank >= min(T, n):
+        noise = torch.randn(T, n, generator=g, dtype=torch.float64)
+    else:
+        if rank < 2:
+            raise ValueError(f"rank must be at least 2, got {rank}")
+        basis = torch.randn(rank - 1, n, generator=g, dtype=torch.float64)
+        noise = torch.randn(T, rank - 1, generator=g, dtype=torch.float64) @ basis
     noise = noise / noise.norm(dim=1, keepdim=True)
     rows = coefficient[:, None] * common + (1 - coefficient**2).sqrt()[:, None] * noise
     norms = torch.exp(0.5 * torch.randn(T, 1, generator=g, dtype=torch.float64))
@@ -158,31 +175,35 @@ def run(
     rows: list[Row] = []
     for T in tasks:
         J = conflicting_matrix(T, n, seed)
+        matrices = {rank: conflicting_matrix(T, n, seed, rank=rank) for rank in {m.rank for m in selected}}
         g = torch.Generator().manual_seed(seed + 1)
         noise = [torch.randn(J.shape, generator=g) * (J.norm(dim=1, keepdim=True) / math.sqrt(n)) for _ in range(16)]
         pairs = []
         for method in selected:
+            if method.rank is not None and method.rank >= min(T, n):
+                continue  # (the full-rank row)
             ours = method.ours(T)
             theirs = method.theirs(T) if method.theirs is not None else None
             pairs.append((method, ours, theirs))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # cvxpy's (non-DPP problem) inside TorchJD's NashMTL
-            for _, ours, theirs in pairs:
+            for method, ours, theirs in pairs:
                 for _ in range(warmup):
-                    ours(J)
+                    ours(matrices[method.rank])
                     if theirs is not None:
-                        theirs(J)
+                        theirs(matrices[method.rank])
             times: dict[str, tuple[list[float], list[float]]] = {m.name: ([], []) for m, _, _ in pairs}
             for r in range(repeats):
                 for method, ours, theirs in pairs:
-                    M = J + method.drift * noise[r % len(noise)] if method.drift else J
+                    M = matrices[method.rank]
+                    M = M + method.drift * noise[r % len(noise)] if method.drift else M
                     times[method.name][0].append(_timed(lambda ours=ours, M=M: ours(M), timer))
                     if theirs is not None:
                         times[method.name][1].append(_timed(lambda theirs=theirs, M=M: theirs(M), timer))
             for method, ours, theirs in pairs:
                 cosine = None
                 if theirs is not None and method.comparable:
-                    a, b = ours(J).double(), theirs(J).double()
+                    a, b = ours(matrices[method.rank]).double(), theirs(matrices[method.rank]).double()
                     cosine = float(a @ b / (a.norm() * b.norm())) if a.norm() > 0 and b.norm() > 0 else math.nan
                 ours_times, their_times = times[method.name]
                 rows.append(
@@ -223,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[40, 10], help="numbers of tasks (default 40 10)")
     parser.add_argument("--n", type=int, default=2000, help="number of columns (default 2000)")
     parser.add_argument("--repeats", type=int, default=30, help="interleaved repetitions (default 30)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls of each method first (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--only", nargs="+", default=None, help="method names to time (default: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -243,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{args.repeats} interleaved repetitions, medians of {args.clock} time"
     )
     print()
-    rows = run(args.tasks, args.n, args.repeats, only=args.only, seed=args.seed, clock=args.clock)
+    rows = run(args.tasks, args.n, args.repeats, args.warmup, only=args.only, seed=args.seed, clock=args.clock)
     print(format_table(rows, args.n))
 
 

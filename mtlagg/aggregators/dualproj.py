@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mtlagg.solvers import project_weights, solve_nonneg_qp
+from mtlagg.solvers import project_weights
 
 from ._base import AggregatorInput, Needs, WeightedAggregator, check_preference, preference_for
 from ._registry import register
@@ -40,14 +40,13 @@ class DualProj(WeightedAggregator):
 
     def compute_weights(self, inputs: AggregatorInput) -> Tensor:
         gramian = inputs.gramian
+        T = inputs.num_tasks
         if self.pref_vector is None:
-            # p = 1/T: min_{x >= 0} 1/2 x^T G x + (G p)^T x, v = p + x.
-            G = gramian.to(torch.float64)
-            weights = solve_nonneg_qp(G, G.mean(dim=1)) + 1.0 / inputs.num_tasks
+            pref = torch.full((T,), 1.0 / T, dtype=torch.float64, device=gramian.device)
         else:
-            pref = preference_for(self.pref_vector, inputs.num_tasks).to(gramian.device)
-            weights = project_weights(gramian, pref)
-        return weights.to(output_dtype(gramian))
+            pref = preference_for(self.pref_vector, T).to(device=gramian.device, dtype=torch.float64)
+        # v = argmin_{v >= p} v^T G v
+        return project_weights(gramian, pref).to(output_dtype(gramian))
 
     def extra_repr(self) -> str:
         return "" if self.pref_vector is None else f"pref_vector={self.pref_vector.tolist()}"

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mtlagg.solvers import solve_nonneg_qp
+from mtlagg.solvers import solve_dual_cone
 
 from ._base import AggregatorInput, Needs, WeightedAggregator, check_preference, preference_for
 from ._registry import register
@@ -55,21 +55,18 @@ class UPGrad(WeightedAggregator):
     def compute_weights(self, inputs: AggregatorInput) -> Tensor:
         gramian = inputs.gramian
         T = inputs.num_tasks
-        G = gramian.to(torch.float64)
+        # Problem k: v_k = p_k e_k + x_k, x_k = argmin_{x >= 0} 1/2 x^T G x + p_k (G e_k)^T x.
         if self.pref_vector is None:
-            # p = 1/T: problem k is min_{x >= 0} 1/2 x^T G x + (G e_k / T)^T x, w = 1/T + sum_k x_k.
-            pref, linear = None, G * (1.0 / T)
+            pref = torch.full((T,), 1.0 / T, dtype=torch.float64, device=gramian.device)
         else:
-            pref = preference_for(self.pref_vector, T).to(G.device)
-            linear = pref[:, None] * G
+            pref = preference_for(self.pref_vector, T).to(device=gramian.device, dtype=torch.float64)
         start = None
         if self.warm_start and self._free is not None and self._free.shape == (T, T):
-            start = self._free.to(G.device)
-        x = solve_nonneg_qp(G, linear, initial_free=start)
+            start = self._free.to(gramian.device)
+        x = solve_dual_cone(gramian, torch.diag(pref), initial_free=start)
         if self.warm_start:
             self._free = x > 0
-        weights = x.sum(dim=0) + (1.0 / T if pref is None else pref)
-        return weights.to(output_dtype(gramian))
+        return (x.sum(dim=0) + pref).to(output_dtype(gramian))
 
     # -- state (only with warm_start=True) -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

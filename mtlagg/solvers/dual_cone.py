@@ -6,21 +6,209 @@ For a Gramian :math:`G = J J^\top` and a vector :math:`u \ge 0` of weights, the 
 .. math:: v = \arg\min_{v \ge u} v^\top G v
 
 (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", Prop. 1). Writing
-:math:`v = u + x` this is the non-negative QP :math:`\min_{x \ge 0} \tfrac12 x^\top G x + (G u)^\top x`,
-solved for many ``u`` at once by :func:`~mtlagg.solvers.solve_nonneg_qp` (exact, KKT-checked).
+:math:`v = u + x` this is the non-negative QP :math:`\min_{x \ge 0} \tfrac12 x^\top G x + (G u)^\top x`.
+UPGrad solves ``T`` of them (``u = p_k e_k``) and DualProj one; all share ``G``.
+
+**The matrix actually solved.** A Gramian is known to the precision it was formed in: its entries
+carry errors of about ``eps * sqrt(G_ii G_jj)`` (``eps`` the unit round-off of its dtype), so its
+eigenvalues below about ``T * eps * max_i G_ii`` are noise. Solving with them as if exact puts
+weights of ``1 / sqrt(noise)`` on directions the gradients do not have, and the direction ``J^T v``
+then conflicts with the tasks (a float32 Gramian of rank-deficient gradients: weights of 1e6 and
+more). So the problems are solved for the matrix ``G_r`` with those eigenvalues set to 0 (its
+positive semi-definite part, truncated at ``T * eps * max_i G_ii``); ``G_r = G`` whenever ``G`` is
+certified to be above that level, which a Cholesky factorisation decides cheaply
+(``1 / trace(G^{-1}) <= lambda_min``). Then:
+
+* **full rank** (``G_r = G``): the primal-dual active set of :mod:`~mtlagg.solvers.pdas` (a few
+  iterations, each one batched factorisation of the free blocks);
+* **rank r < T**: ``G_r = R^T R`` with ``R`` (``r x T``) from the eigendecomposition, and the
+  Lawson-Hanson active set of :mod:`~mtlagg.solvers.nnls`, whose passive sets stay independent
+  (at most ``r`` coordinates, positive definite blocks) however singular ``G_r`` is; its work grows
+  with ``r``, not ``T``;
+* problems the primal-dual method does not settle (it can cycle on nearly singular matrices) go
+  to Lawson-Hanson, and what that does not solve to the general fallbacks of
+  :func:`~mtlagg.solvers.solve_nonneg_qp` (proximal point, interior point).
+
+Every answer is checked against the KKT conditions of the matrix it solved, to
+:data:`~mtlagg.solvers.QP_TOLERANCE` relative to its largest diagonal entry; failure raises
+:class:`~mtlagg.errors.SolverError`. Everything is float64, on the Gramian's device, batched.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-from .qp import solve_nonneg_qp
+from mtlagg.errors import SolverError
+
+from .nnls import lawson_hanson
+from .pdas import FLIP, always_dense, primal_dual_active_set, trivial_sizes
+from .qp import _RIDGE, QP_TOLERANCE, _all_satisfy_kkt, _fallback, _satisfies_kkt
+
+#: ``G^{-1}`` is used in the active-set solves when ``1 / trace(G^{-1})`` (a lower bound on the smallest
+#: eigenvalue, relative to the largest diagonal entry) is above this.
+_INVERTIBLE = 1e-7
 
 
-def project_weights(gramian: Tensor, weights: Tensor) -> Tensor:
-    """``v`` for every row ``u`` of ``weights`` (``(T,)`` or ``(B, T)``); float64 on the Gramian's device."""
+def project_weights(gramian: Tensor, weights: Tensor, *, eps: float | None = None) -> Tensor:
+    """``v`` for every row ``u`` of ``weights`` (``(T,)`` or ``(B, T)``); float64 on the Gramian's device.
+
+    ``eps``: the relative precision of the Gramian (default: the unit round-off of its dtype).
+    """
+    u = weights.to(device=gramian.device, dtype=torch.float64)
+    squeeze = u.dim() == 1
+    u2 = u.reshape(-1, u.shape[-1])
+    v = u2 + solve_dual_cone(gramian, u2, eps=eps)
+    return v[0] if squeeze else v
+
+
+def solve_dual_cone(
+    gramian: Tensor,
+    weights: Tensor,
+    *,
+    eps: float | None = None,
+    initial_free: Tensor | None = None,
+) -> Tensor:
+    """``x = v - u >= 0`` for every row ``u`` of ``weights`` (``(B, T)``); see the module docstring.
+
+    Args:
+        gramian: ``(T, T)`` Gramian (any float dtype; solved in float64).
+        weights: ``(B, T)`` non-negative weights ``u``.
+        eps: relative precision of the Gramian (default: unit round-off of ``gramian.dtype``).
+        initial_free: optional ``(B, T)`` guess of the positive coordinates of ``x`` (warm start
+            of the primal-dual active set; ignored on rank-deficient problems).
+
+    Raises:
+        ValueError: on inconsistent shapes.
+        SolverError: non-finite input, or an answer that fails the KKT check.
+    """
+    if gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1]:
+        raise ValueError(f"the Gramian must be a square matrix, got shape {tuple(gramian.shape)}")
+    T = gramian.shape[0]
+    if weights.dim() != 2 or weights.shape[1] != T:
+        raise ValueError(f"weights must have shape (B, {T}), got {tuple(weights.shape)}")
+    if T == 0:
+        raise ValueError("cannot project with no tasks")
+    if eps is None:
+        eps = torch.finfo(gramian.dtype).eps
+    if initial_free is not None and initial_free.shape != weights.shape:
+        raise ValueError(f"initial_free must have shape {tuple(weights.shape)}, got {tuple(initial_free.shape)}")
+    # (no autograd bookkeeping in the solver: a few microseconds per operation at these sizes)
+    with torch.inference_mode():
+        x = _solve(gramian, weights, eps, initial_free)
+    return x.clone()  # (a normal tensor again, usable by autograd)
+
+
+def _solve(gramian: Tensor, weights: Tensor, eps: float, initial_free: Tensor | None) -> Tensor:
+    T = gramian.shape[0]
     G = gramian.to(torch.float64)
-    u = weights.to(device=G.device, dtype=torch.float64)
-    x = solve_nonneg_qp(G, u @ G)
-    return u + x
+    U = weights.to(device=G.device, dtype=torch.float64)
+    # Scale to a unit largest diagonal entry (the minimiser does not change) and symmetrise.
+    largest = G.diagonal().amax()
+    G = torch.add(G, G.T).mul_(0.5 / largest)  # (G = 0: NaN here, zeros returned below)
+    C = U @ G
+    # Certification: the Cholesky factorisation exists and 1 / trace(G^{-1}) (<= lambda_min) is
+    # above the noise level; with the sizes of the initial free sets, one host synchronisation.
+    factor, info = torch.linalg.cholesky_ex(G)
+    eye = torch.eye(T, dtype=G.dtype, device=G.device)
+    inverse_factor = torch.linalg.solve_triangular(factor, eye, upper=False)
+    norm = torch.linalg.vector_norm(inverse_factor)
+    inverse: Tensor | None = None
+    small = always_dense(*C.shape)  # (no block sizes needed: fewer operations)
+    if initial_free is not None:
+        free = initial_free.to(device=C.device, dtype=torch.bool)
+    elif small:
+        free = C < -FLIP  # (the coordinates with a descent direction at x = 0)
+    else:
+        # Also positive in the solution with every coordinate free but the support of u: for
+        # u = p_k e_k (UPGrad), x_i = p_k (G^{-1})_{ik} / (G^{-1})_{kk}. The intersection of the two
+        # guesses saves the primal-dual method about one of its five iterations on conflicting
+        # gradients (measured; a guess only, the answer does not depend on it).
+        inverse = inverse_factor.T @ inverse_factor
+        free = (C < -FLIP) & (U @ inverse > 0)
+    head = torch.stack([info.to(G.dtype), norm, largest])
+    stats = (head if small else torch.cat([head, trivial_sizes(C, free).to(G.dtype)])).tolist()
+    info, norm, largest = stats[:3]
+    cutoff = T * eps
+    if info == 0 and math.isfinite(norm) and 1.0 / (norm * norm) > cutoff:
+        sizes = None if small else [int(s) for s in stats[3:]]
+        # (the fixed-set form of the active-set solves multiplies by G^{-1}: only when it is
+        # accurate, and formed only if the solver gathers blocks)
+        if 1.0 / (norm * norm) <= _INVERTIBLE:
+            form: Tensor | Callable[[], Tensor] | None = None
+        else:
+            form = inverse if inverse is not None else (lambda: inverse_factor.T @ inverse_factor)
+        return _full_rank(G, C, free, sizes, form, U)
+    if largest == 0:
+        return torch.zeros_like(C)  # G = 0: every u is its own projection
+    if not (math.isfinite(largest) and bool(torch.isfinite(G).all() & torch.isfinite(C).all())):
+        raise SolverError("the QP has NaN or Inf entries (a non-finite task gradient reached the aggregator)")
+    if largest < 0:
+        raise SolverError(f"the Gramian has a negative diagonal entry ({largest:g}): it is not a Gramian")
+    values, vectors = torch.linalg.eigh(G)
+    keep = values > cutoff
+    rank, smallest = int(keep.sum()), float(values[0])
+    if rank == T:
+        # (the trace bound is loose for large T: the eigenvalues decide)
+        inverse = (lambda: (vectors / values) @ vectors.T) if smallest > _INVERTIBLE else None
+        return _full_rank(G, C, free, None, inverse, U)
+    if rank == 0:
+        return torch.zeros_like(C)
+    R = vectors[:, keep].T * values[keep].sqrt()[:, None]  # (r, T)
+    G_r = R.T @ R
+    # The linear terms in the range of G_r: c = G_r u = (R u)^T R exactly (u is known).
+    Y = U @ R.T
+    return _rank_deficient(G_r, Y @ R, rank, R, Y)
+
+
+def _full_rank(
+    G: Tensor,
+    C: Tensor,
+    free: Tensor,
+    sizes: list[int] | None,
+    inverse: Tensor | Callable[[], Tensor] | None,
+    U: Tensor | None,
+) -> Tensor:
+    T = G.shape[0]
+    X, settled = primal_dual_active_set(G, C, free, min(2 * T + 10, 25), inverse=inverse, U=U, sizes=sizes)
+    if settled is None and _all_satisfy_kkt(G, C, X, False):
+        return X
+    ok = _satisfies_kkt(G, C, X, False)
+    if settled is not None:
+        ok &= settled
+    return _repair(G, C, X, ok, T)
+
+
+def _rank_deficient(G: Tensor, C: Tensor, rank: int, R: Tensor, Y: Tensor) -> Tensor:
+    X, _ = lawson_hanson(G, C, rank, tolerance=_add_tolerance(C), factor=R, targets=Y)
+    if _all_satisfy_kkt(G, C, X, False):
+        return X
+    ok = _satisfies_kkt(G, C, X, False)
+    return _repair(G, C, X, ok, rank, lawson_hanson_done=True)
+
+
+def _add_tolerance(C: Tensor) -> Tensor:
+    """Lawson-Hanson adds a coordinate while its gradient is below minus this (well inside the KKT
+    tolerance: round-off would otherwise keep adding and dropping coordinates)."""
+    return 0.1 * QP_TOLERANCE * (1 + C.abs().amax(dim=1))
+
+
+def _repair(G: Tensor, C: Tensor, X: Tensor, ok: Tensor, rank: int, lawson_hanson_done: bool = False) -> Tensor:
+    """Lawson-Hanson, then the general fallbacks, for the problems not yet solved."""
+    T = G.shape[0]
+    bad = torch.nonzero(~ok).flatten()
+    if not lawson_hanson_done:
+        Xb, _ = lawson_hanson(G, C[bad], rank, tolerance=_add_tolerance(C[bad]))
+        good = _satisfies_kkt(G, C[bad], Xb, False)
+        X = X.index_copy(0, bad[good], Xb[good])
+        bad = bad[~good]
+        if bad.numel() == 0:
+            return X
+    # The general chain of solve_nonneg_qp (primal active set, proximal point, PSD repair,
+    # interior point; raises SolverError), on the matrix with its usual ridge.
+    ridged = G + _RIDGE * torch.eye(T, dtype=G.dtype, device=G.device)
+    failed = torch.zeros(C.shape[0], dtype=torch.bool, device=C.device).index_fill(0, bad, True)
+    return _fallback(ridged, C, X, failed, False, min(2 * T + 10, 25), 200)

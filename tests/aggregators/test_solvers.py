@@ -14,6 +14,7 @@ from mtlagg.solvers import (
     project_weights,
     solve_alpha_fair,
     solve_cagrad_dual,
+    solve_dual_cone,
     solve_nonneg_qp,
 )
 
@@ -300,3 +301,233 @@ def test_simplex_projection_matches_the_qp(seed: int) -> None:
         assert np.abs(numpy(projected[b]) - expected).max() <= 1e-10
     with pytest.raises(ValueError, match="empty vector"):
         project_onto_simplex(torch.zeros(0))
+
+
+# -- solve_dual_cone: the batched dual-cone projections of UPGrad / DualProj -------------------------
+
+
+def _upgrad_weights(T: int, g: torch.Generator, extra: int = 2) -> torch.Tensor:
+    """The UPGrad rows ``e_k / T`` and a few random non-negative rows."""
+    return torch.cat([torch.eye(T, dtype=torch.float64) / T, torch.rand(extra, T, generator=g, dtype=torch.float64)])
+
+
+def _primal_projection(J: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``argmin ||x - target||`` s.t. ``J x >= 0`` in R^n (cvxpy / Clarabel): unique, whatever the rank.
+    (Zero and repeated rows, vacuous or redundant constraints that Clarabel handles badly, are
+    removed: the feasible set is the same.)"""
+    import cvxpy as cp
+
+    J = np.unique(J[np.abs(J).max(axis=1) > 0], axis=0)
+    x = cp.Variable(J.shape[1])
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - target)), [J @ x >= 0])
+    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, max_iter=500)
+    assert problem.status == "optimal"
+    return np.asarray(x.value)
+
+
+@pytest.mark.parametrize(
+    ("T", "n", "kind"),
+    [
+        (1, 3, "normal"),
+        (2, 5, "conflicting"),
+        (7, 20, "normal"),
+        (16, 40, "conflicting"),
+        (17, 40, "normal"),
+        (40, 200, "conflicting"),
+        (40, 60, "normal"),
+        (96, 300, "conflicting"),
+    ],
+)
+def test_dual_cone_matches_quadprog_on_full_rank_problems(T: int, n: int, kind: str) -> None:
+    g = torch.Generator().manual_seed(T + n)
+    J = conflicting(T, n, g) if kind == "conflicting" else torch.randn(T, n, generator=g, dtype=torch.float64)
+    G = J @ J.T
+    U = _upgrad_weights(T, g)
+    V = project_weights(G, U)
+    X = solve_dual_cone(G, U)
+    assert torch.equal(V, U + X) and (X >= 0).all()
+    for b in range(U.shape[0]):
+        expected = quadprog_nonneg(numpy(G), np.zeros(T), numpy(U[b]))
+        assert np.abs(numpy(V[b]) - expected).max() <= 1e-7 * (1 + np.abs(expected).max())
+
+
+def test_dual_cone_on_large_full_rank_problems() -> None:
+    """T = 256 (grouped block sizes, the fixed-set form of the blocks): every problem satisfies the
+    KKT conditions (checked in numpy), a few against quadprog."""
+    g = torch.Generator().manual_seed(256)
+    J = conflicting(256, 600, g)
+    G = J @ J.T
+    U = torch.eye(256, dtype=torch.float64) / 256
+    V = project_weights(G, U)
+    Gn, scale = numpy(G), float(G.diagonal().max())
+    for b in range(256):
+        x = numpy(V[b] - U[b])
+        assert kkt_violation(Gn / scale, Gn @ numpy(U[b]) / scale, x, False) <= 1e-8
+    for b in (0, 101, 255):
+        expected = quadprog_nonneg(Gn, np.zeros(256), numpy(U[b]))
+        assert np.abs(numpy(V[b]) - expected).max() <= 1e-7 * (1 + np.abs(expected).max())
+
+
+@pytest.mark.parametrize(("T", "n", "rank"), [(6, 20, 2), (12, 30, 4), (40, 100, 10), (64, 100, 16), (256, 100, 64)])
+def test_dual_cone_on_rank_deficient_problems(T: int, n: int, rank: int) -> None:
+    """``T > rank(G)`` (the minimisers are not unique, the primal-dual active set cycles): Lawson-Hanson
+    in the rank space. KKT in numpy for every problem, and the directions ``J^T v`` (unique) against
+    cvxpy's projections in R^n for a few."""
+    g = torch.Generator().manual_seed(T + rank)
+    J = (
+        of_rank(T, n, rank, g)
+        if T < 64
+        else conflicting(T, n, g)[:, :rank] @ torch.randn(rank, n, generator=g, dtype=torch.float64)
+    )
+    G = J @ J.T
+    U = _upgrad_weights(T, g, extra=1)
+    V = project_weights(G, U)
+    Gn, scale = numpy(G), float(G.diagonal().max())
+    for b in range(U.shape[0]):
+        x = numpy(V[b] - U[b])
+        assert kkt_violation(Gn / scale, Gn @ numpy(U[b]) / scale, x, False) <= 1e-8
+    Jn = numpy(J)
+    for b in (0, T // 2, U.shape[0] - 1):
+        expected = _primal_projection(Jn, numpy(U[b]) @ Jn)
+        ours = numpy(V[b]) @ Jn
+        assert np.linalg.norm(ours - expected) <= 1e-6 * np.linalg.norm(Jn, axis=1).max()
+    # The weights stay on the scale of u (a basic solution, no blow-up along the null space).
+    assert float(V.abs().max()) <= 1e3 * float(U.abs().max())
+
+
+@pytest.mark.parametrize(("T", "rank"), [(20, 5), (40, 10), (100, 10)])
+def test_upgrad_on_rank_deficient_float32_jacobians(T: int, rank: int) -> None:
+    """A float32 Gramian of rank-deficient gradients has eigenvalues of rounding noise (about 1e-7
+    relative, of both signs). Solved as exact, they gave weights of 1e6-1e9 and directions that
+    conflict with the tasks (``min J d = -0.4`` at T=40, rank 10); truncated at ``T eps``, the direction
+    is the float64 one up to float32 precision."""
+    from mtlagg.aggregators import DualProj, UPGrad
+
+    g = torch.Generator().manual_seed(T)
+    # J = A Q with orthonormal rows Q (rank x n): the projections, in the row space, are computed
+    # in the coefficient space, y = Q x (projection of Q t onto {y : A y >= 0}).
+    A = conflicting(T, rank, g)
+    Q = torch.linalg.qr(torch.randn(2000, rank, generator=g, dtype=torch.float64)).Q.T
+    J64 = A @ Q
+    J32 = J64.float()
+    An, Qn, Jn = numpy(A), numpy(Q), numpy(J64)
+    scale = float(J64.norm(dim=1).max())
+    for aggregator, targets in [(UPGrad(), An), (DualProj(), An.mean(axis=0, keepdims=True))]:
+        d32 = numpy(aggregator(J32))
+        expected = np.mean([_primal_projection(An, t) for t in targets], axis=0) @ Qn
+        assert np.linalg.norm(d32 - expected) <= 1e-4 * scale
+        assert (Jn @ d32).min() >= -1e-4 * scale**2
+        assert float(aggregator.weights(J32 @ J32.T).abs().max()) <= 1e3  # (the bug: 1e6 to 1e9)
+
+
+def test_dual_cone_degenerate_cases() -> None:
+    """Zero rows, duplicated rows, T = 1, the zero matrix, a single conflicting pair."""
+    g = torch.Generator().manual_seed(5)
+    J = torch.randn(7, 15, generator=g, dtype=torch.float64)
+    J[[1, 5]] = 0
+    J2 = torch.randn(8, 15, generator=g, dtype=torch.float64)
+    J2[4:] = J2[:4]
+    for matrix in (J, J2):
+        G = matrix @ matrix.T
+        T = G.shape[0]
+        U = _upgrad_weights(T, g)
+        V = project_weights(G, U)
+        Jn = numpy(matrix)
+        for b in range(U.shape[0]):
+            expected = _primal_projection(Jn, numpy(U[b]) @ Jn)
+            assert np.linalg.norm(numpy(V[b]) @ Jn - expected) <= 1e-6 * np.linalg.norm(Jn, axis=1).max()
+            assert (numpy(V[b]) >= numpy(U[b]) - 1e-12).all()
+    # T = 1: every u is its own projection (g^T g >= 0); the zero matrix likewise.
+    assert project_weights(torch.tensor([[3.0]]), torch.tensor([0.7])).tolist() == pytest.approx([0.7])
+    assert torch.equal(project_weights(torch.zeros(4, 4), torch.eye(4) / 4), torch.eye(4, dtype=torch.float64) / 4)
+    # Two opposite gradients: the projections are 0, v_k = (1/2, 1/2) (exactly cancelling rows).
+    J = torch.tensor([[1.0, 2.0], [-1.0, -2.0]], dtype=torch.float64)
+    V = project_weights(J @ J.T, torch.eye(2, dtype=torch.float64) / 2)
+    assert (V @ J).abs().max() <= 1e-12
+    assert V.tolist() == [pytest.approx([0.5, 0.5], abs=1e-12)] * 2
+
+
+def test_dual_cone_warm_start_and_forms_agree() -> None:
+    """Warm starts (right, all-free, random guesses) and the fixed-set form of the blocks (used
+    when G^{-1} is available) give the same answer as the plain free-set form."""
+    from mtlagg.solvers import dual_cone, pdas
+
+    g = torch.Generator().manual_seed(41)
+    J = conflicting(40, 120, g)
+    G = J @ J.T
+    U = _upgrad_weights(40, g)
+    cold = solve_dual_cone(G, U)
+    for guess in (cold > 0, torch.ones_like(cold, dtype=torch.bool), torch.rand(cold.shape, generator=g) < 0.3):
+        assert torch.allclose(solve_dual_cone(G, U, initial_free=guess), cold, atol=1e-12, rtol=0)
+    Gs = G / G.diagonal().max()
+    C = U @ Gs
+    plain, settled = pdas.primal_dual_active_set(Gs, C, C < -pdas.FLIP, 25)
+    mixed, settled_mixed = pdas.primal_dual_active_set(Gs, C, C < -pdas.FLIP, 25, inverse=torch.linalg.inv(Gs), U=U)
+    assert settled is None and settled_mixed is None
+    assert torch.allclose(plain, mixed, atol=1e-12, rtol=0) and torch.allclose(plain, cold, atol=1e-12, rtol=0)
+    assert dual_cone._INVERTIBLE < 1e-3  # (the mixed form is the one the solver uses on this matrix)
+
+
+def test_dual_cone_result_is_usable_by_autograd_and_errors() -> None:
+    G = torch.tensor([[2.0, -1.0], [-1.0, 2.0]])
+    X = solve_dual_cone(G, torch.eye(2) / 2)
+    J = torch.randn(2, 3, requires_grad=True)
+    (X.float().sum(dim=0) @ J).sum().backward()  # (not an inference-mode tensor)
+    assert J.grad is not None
+    with pytest.raises(ValueError, match=r"weights must have shape \(B, 2\), got \(3,\)"):
+        solve_dual_cone(G, torch.ones(3))
+    with pytest.raises(ValueError, match="the Gramian must be a square matrix"):
+        solve_dual_cone(torch.ones(2, 3), torch.ones(1, 2))
+    with pytest.raises(ValueError, match=r"initial_free must have shape \(1, 2\)"):
+        solve_dual_cone(G, torch.ones(1, 2), initial_free=torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(SolverError, match="NaN or Inf entries"):
+        solve_dual_cone(torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]), torch.ones(1, 2))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lawson_hanson_matches_scipy_nnls(seed: int) -> None:
+    """The batched Lawson-Hanson of the rank-deficient path against scipy's NNLS (same residual; the
+    minimiser need not be unique), with its passive sets independent (at most rank(G) positives)."""
+    from scipy.optimize import nnls
+
+    from mtlagg.solvers.nnls import lawson_hanson
+
+    g = torch.Generator().manual_seed(700 + seed)
+    r, T = [(3, 10), (8, 8), (5, 40), (12, 30), (20, 60), (1, 5)][seed]
+    R = torch.randn(r, T, generator=g, dtype=torch.float64) * torch.exp(
+        torch.randn(T, generator=g, dtype=torch.float64)
+    )
+    Y = torch.randn(4, r, generator=g, dtype=torch.float64)
+    G, C = R.T @ R, Y @ R
+    for factor in (None, R):
+        X, done = lawson_hanson(
+            G, C, r, tolerance=torch.full((4,), 1e-12, dtype=torch.float64), factor=factor, targets=Y
+        )
+        assert done.all() and (X >= 0).all()
+        assert ((X > 0).sum(dim=1) <= r).all()
+        for b in range(4):
+            _, expected = nnls(numpy(R), -numpy(Y[b]))
+            ours = float(np.linalg.norm(numpy(R) @ numpy(X[b]) + numpy(Y[b])))
+            assert ours <= expected + 1e-10 * (1 + expected)
+
+
+@pytest.mark.parametrize(
+    ("T", "kind"), [(3, "normal"), (10, "conflicting"), (40, "conflicting"), (40, "normal"), (128, "conflicting")]
+)
+def test_dual_cone_fast_path_solves_standard_problems(T: int, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On well-conditioned full-rank problems the primal-dual active set settles every problem and
+    passes the KKT check by itself (the fallbacks, correct but slower, are not needed): a wrong
+    initial guess or a wrong "x = 0 is optimal" shortcut would end up there."""
+    from mtlagg.solvers import dual_cone
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the fallback was used")
+
+    monkeypatch.setattr(dual_cone, "_repair", fail)
+    g = torch.Generator().manual_seed(T)
+    J = conflicting(T, 3 * T, g) if kind == "conflicting" else torch.randn(T, 3 * T, generator=g, dtype=torch.float64)
+    for dtype in (torch.float64, torch.float32):
+        G = (J @ J.T).to(dtype)
+        for U in (torch.eye(T) / T, torch.full((1, T), 1.0 / T)):
+            X = solve_dual_cone(G, U)
+            assert torch.isfinite(X).all() and (X >= 0).all()
