@@ -98,56 +98,62 @@ def _protocol(**kw) -> Protocol:
     return Protocol(**base)
 
 
-def _register() -> None:
-    if "synthetic" not in REGISTRY:
-        register(
-            DatasetSpec(
-                name="synthetic",
-                title="synthetic regression + classification (tests)",
-                tasks=(
-                    TaskSpec("reg_a", "regression", "mse", 1, (metric("reg_a", "mae", False),)),
-                    TaskSpec("reg_b", "regression", "mse", 1, (metric("reg_b", "mae", False),)),
-                    TaskSpec("cls", "classification", "cross_entropy", 3, (metric("cls", "accuracy", True),)),
+def _specs() -> list[DatasetSpec]:
+    return [
+        DatasetSpec(
+            name="synthetic",
+            title="synthetic regression + classification (tests)",
+            tasks=(
+                TaskSpec("reg_a", "regression", "mse", 1, (metric("reg_a", "mae", False),)),
+                TaskSpec("reg_b", "regression", "mse", 1, (metric("reg_b", "mae", False),)),
+                TaskSpec("cls", "classification", "cross_entropy", 3, (metric("cls", "accuracy", True),)),
+            ),
+            multi_input=False,
+            presets={
+                "quick": _protocol(),
+                "paper": _protocol(
+                    optimizer="sgd",
+                    optimizer_kwargs={"momentum": 0.9},
+                    scheduler="multistep",
+                    scheduler_kwargs={"milestones": [1, 2], "gamma": 0.5},
+                    model_kwargs={"in_features": IN, "hidden": [16, 16], "dropout": 0.3},
                 ),
-                multi_input=False,
-                presets={
-                    "quick": _protocol(),
-                    "paper": _protocol(
-                        optimizer="sgd",
-                        optimizer_kwargs={"momentum": 0.9},
-                        scheduler="multistep",
-                        scheduler_kwargs={"milestones": [1, 2], "gamma": 0.5},
-                        model_kwargs={"in_features": IN, "hidden": [16, 16], "dropout": 0.3},
-                    ),
-                },
-                loader=_load_synthetic,
-                data_source="generated",
-                expected_files=(),
-                validation="generated",
-                input_shape=(IN,),
-            )
-        )
-    if "synthetic_multi" not in REGISTRY:
-        register(
-            DatasetSpec(
-                name="synthetic_multi",
-                title="synthetic multi-input classification (tests)",
-                tasks=tuple(
-                    TaskSpec(t, "classification", "cross_entropy", 2, (metric(t, "accuracy", True),))
-                    for t in ("first", "second")
-                ),
-                multi_input=True,
-                presets={"quick": _protocol(), "paper": _protocol()},
-                loader=_load_multi,
-                data_source="generated",
-                expected_files=(),
-                validation="generated",
-                input_shape=(IN,),
-            )
-        )
+            },
+            loader=_load_synthetic,
+            data_source="generated",
+            expected_files=(),
+            validation="generated",
+            input_shape=(IN,),
+        ),
+        DatasetSpec(
+            name="synthetic_multi",
+            title="synthetic multi-input classification (tests)",
+            tasks=tuple(
+                TaskSpec(t, "classification", "cross_entropy", 2, (metric(t, "accuracy", True),))
+                for t in ("first", "second")
+            ),
+            multi_input=True,
+            presets={"quick": _protocol(), "paper": _protocol()},
+            loader=_load_multi,
+            data_source="generated",
+            expected_files=(),
+            validation="generated",
+            input_shape=(IN,),
+        ),
+    ]
 
 
-_register()
+SPECS = _specs()
+
+
+@pytest.fixture(autouse=True)
+def _synthetic_datasets():
+    """Register the synthetic datasets for the tests of this folder only (the registry is global)."""
+    for spec in SPECS:
+        register(spec)
+    yield
+    for spec in SPECS:
+        del REGISTRY[spec.name]
 
 
 @pytest.fixture(autouse=True)
