@@ -6,12 +6,13 @@ One call inside any PyTorch training loop::
     optimizer.step()
 """
 
-from . import aggregators, errors, solvers
+from . import aggregators, bilevel, errors, solvers
 from ._backward import backward
 from ._functional import gramian, jacobian
 from ._result import BackwardResult
 from .aggregators import REGISTRY, Aggregator, Needs, WeightedAggregator
 from .errors import NonFiniteError, SolverError, VmapError
+from .multibatch import multibatch_backward
 
 __version__ = "0.1.0"
 
@@ -26,8 +27,10 @@ __all__ = [
     "WeightedAggregator",
     "aggregators",
     "backward",
+    "bilevel",
     "errors",
     "gramian",
     "jacobian",
+    "multibatch_backward",
     "solvers",
 ]

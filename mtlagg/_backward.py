@@ -334,14 +334,16 @@ class _Step:
         shared_via_features: bool = False,
     ) -> BackwardResult:
         tensors = [p.tensor for p in inputs]
-        gramian = gradients.gramian(tensors) if tensors else torch.zeros(self.T, self.T)
+        parts: list[Tensor] | None = [] if self.aggregator.uses_block_gramians else None
+        gramian = gradients.gramian(tensors, parts)
         good, bad = self.bad_tasks(gramian.diagonal().isfinite())
         if bad:
             early = self.handle_bad(bad, self.describe(bad, gradients, inputs))
             if early is not None:
                 return early
             gradients.zero_tasks(bad)
-            gramian = gradients.gramian(tensors)
+            parts = [] if parts is not None else None
+            gramian = gradients.gramian(tensors, parts)
         values = torch.where(good, self.values, torch.zeros_like(self.values))
         aggregator = self.aggregator
         jacobian: Tensor | None = None
@@ -359,6 +361,7 @@ class _Step:
             input_values=input_values,
             block_sizes=sizes,
             block_names=[p.name for p in inputs],
+            block_gramians=parts,
         )
         weights: Tensor | None = None
         everyone = (1 << self.T) - 1

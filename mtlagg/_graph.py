@@ -161,6 +161,24 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
     boundary_sets: list[set[Edge]] = [set() for _ in range(T)]
     common_leaf_ids: set[int] = set()
     direct_leaf_ids: list[set[int]] = [set() for _ in range(T)]
+
+    def attribute(child: Node, nr: int, task: int, exclusive: bool) -> None:
+        """Record ``child`` as a leaf of ``task`` (exclusive parent) or of the common region,
+        or the edge into it as a boundary of ``task``."""
+        variable = variables.get(child)
+        if variable is not None:
+            ids, leaves = (
+                (direct_leaf_ids[task], graph.direct_leaves[task])
+                if exclusive
+                else (common_leaf_ids, graph.common_leaves)
+            )
+            if id(variable) not in ids:
+                ids.add(id(variable))
+                leaves.append(variable)
+        elif exclusive and masks[child] != 1 << task and (child, nr) not in boundary_sets[task]:
+            boundary_sets[task].add((child, nr))
+            graph.boundary[task].append((child, nr))
+
     for node in order:
         mask = masks[node]
         if mask == 0:
@@ -174,37 +192,12 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None) -> Tas
         exclusive = mask & (mask - 1) == 0
         if not exclusive:
             graph.common_nodes.append(node)
-        task = mask.bit_length() - 1
         for child, nr in children[node]:
-            child_variable = variables.get(child)
-            if child_variable is not None:
-                if exclusive:
-                    if id(child_variable) not in direct_leaf_ids[task]:
-                        direct_leaf_ids[task].add(id(child_variable))
-                        graph.direct_leaves[task].append(child_variable)
-                elif id(child_variable) not in common_leaf_ids:
-                    common_leaf_ids.add(id(child_variable))
-                    graph.common_leaves.append(child_variable)
-            elif exclusive and masks[child] != mask and (child, nr) not in boundary_sets[task]:
-                boundary_sets[task].add((child, nr))
-                graph.boundary[task].append((child, nr))
+            attribute(child, nr, mask.bit_length() - 1, exclusive)
     # A root that the losses share (e.g. the entries of one loss vector) is itself the boundary.
     for i, root in enumerate(roots):
-        if root is None or root in cuts:
-            continue
-        node = root[0]
-        variable = variables.get(node)
-        if variable is not None:
-            if popcount(masks[node]) == 1:
-                if id(variable) not in direct_leaf_ids[i]:
-                    direct_leaf_ids[i].add(id(variable))
-                    graph.direct_leaves[i].append(variable)
-            elif id(variable) not in common_leaf_ids:
-                common_leaf_ids.add(id(variable))
-                graph.common_leaves.append(variable)
-        elif popcount(masks[node]) > 1 and root not in boundary_sets[i]:
-            boundary_sets[i].add(root)
-            graph.boundary[i].append(root)
+        if root is not None and root not in cuts:
+            attribute(root[0], root[1], i, exclusive=popcount(masks[root[0]]) == 1 or variables.get(root[0]) is None)
     return graph
 
 

@@ -58,23 +58,33 @@ class TaskGradients:
             full[task] += gradient
         return full
 
-    def gramian(self, tensors: list[Tensor]) -> Tensor:
-        """``J J^T`` over ``tensors`` (at least float32), one tensor or layer at a time."""
+    def gramian(self, tensors: list[Tensor], parts: list[Tensor] | None = None) -> Tensor:
+        """``J J^T`` over ``tensors`` (at least float32), one tensor or layer at a time.
+
+        If ``parts`` is a list, it receives the Gramian of each tensor, in order (this separates the
+        weight and the bias of a factored layer, which otherwise share one computation).
+        """
         dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
         device = tensors[0].device if tensors else None
         total = torch.zeros(self.num_tasks, self.num_tasks, dtype=dtype, device=device)
         done: set[int] = set()
         for tensor in tensors:
             layer = self.factored.get(id(tensor))
-            if layer is not None:
+            if layer is not None and parts is not None:
+                part = layer.weight_gramian(dtype) if tensor is layer.weight else layer.bias_gramian(dtype)
+            elif layer is not None:
                 if id(layer) not in done:
                     done.add(id(layer))
                     total += layer.gramian(dtype)
                 continue
-            if not self.has(tensor):
-                continue
-            rows = self.block(tensor).reshape(self.num_tasks, -1).to(dtype)
-            total.addmm_(rows, rows.T)
+            elif self.has(tensor):
+                rows = self.block(tensor).reshape(self.num_tasks, -1).to(dtype)
+                part = rows @ rows.T
+            else:
+                part = torch.zeros_like(total)
+            if parts is not None:
+                parts.append(part)
+            total += part
         return total
 
     def weighted_sum(self, tensor: Tensor, coefficients: Tensor, tasks: int | None = None) -> Tensor | None:

@@ -92,6 +92,15 @@ class FactoredLinear:
         return self.deltas.sum(dim=1)
 
     def gramian(self, dtype: torch.dtype) -> Tensor:
+        """The Gramian of the weight and bias gradients together."""
+        gram = self.weight_gramian(dtype)
+        return gram + self.bias_gramian(dtype) if self.bias is not None else gram
+
+    def bias_gramian(self, dtype: torch.dtype) -> Tensor:
+        sums = self.deltas.to(dtype).sum(dim=1)
+        return sums @ sums.T
+
+    def weight_gramian(self, dtype: torch.dtype) -> Tensor:
         T, N, out = self.deltas.shape
         deltas = self.deltas.to(dtype)
         inputs = self.inputs.to(dtype)
@@ -103,9 +112,6 @@ class FactoredLinear:
         else:
             rows = torch.matmul(deltas.transpose(1, 2), inputs).reshape(T, -1)
             gram = rows @ rows.T
-        if self.bias is not None:
-            sums = deltas.sum(dim=1)
-            gram = gram + sums @ sums.T
         return gram
 
     def weighted(self, coefficients: Tensor) -> tuple[Tensor, Tensor]:

@@ -58,7 +58,16 @@ class AggregatorInput:
     ``uses_input_values``), ``block_sizes`` / ``block_names`` (the per-tensor split of the columns).
     """
 
-    __slots__ = ("_gramian", "block_names", "block_sizes", "input_values", "jacobian", "losses", "num_tasks")
+    __slots__ = (
+        "_gramian",
+        "block_gramians",
+        "block_names",
+        "block_sizes",
+        "input_values",
+        "jacobian",
+        "losses",
+        "num_tasks",
+    )
 
     def __init__(
         self,
@@ -70,6 +79,7 @@ class AggregatorInput:
         input_values: Tensor | None = None,
         block_sizes: list[int] | None = None,
         block_names: list[str] | None = None,
+        block_gramians: list[Tensor] | None = None,
     ) -> None:
         self.num_tasks = num_tasks
         self.losses = losses
@@ -80,6 +90,9 @@ class AggregatorInput:
         #: names (``named_parameters`` names when the user gave them); ``None`` for a plain matrix.
         self.block_sizes = block_sizes
         self.block_names = block_names
+        #: the ``T x T`` Gramian of each block (their sum is :attr:`gramian`), filled by the engine for
+        #: aggregators that set ``uses_block_gramians = True``; ``None`` otherwise.
+        self.block_gramians = block_gramians
 
     @property
     def gramian(self) -> Tensor:
@@ -122,6 +135,9 @@ class Aggregator(ABC):
     uses_input_values: ClassVar[bool] = False
     #: the direction never conflicts with a task gradient (``J d >= 0``).
     non_conflicting: ClassVar[bool] = False
+    #: also reads the per-block Gramians (``AggregatorInput.block_gramians``), which the engine then
+    #: keeps while summing them into the Gramian (same cost).
+    uses_block_gramians: ClassVar[bool] = False
 
     def __call__(
         self,
