@@ -247,7 +247,14 @@ def command_main(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     job = MAIN_JOB
-    methods = [resolve(m)[0] for m in job["methods"].split(",")]
+    methods, missing = [], []
+    for name in job["methods"].split(","):
+        try:
+            methods.append(resolve(name)[0])
+        except KeyError:
+            missing.append(name)
+    if missing:
+        print(f"(not in this version of mtlagg, left out: {', '.join(missing)})")
     print(
         f"mtlagg-bench main job: {', '.join(methods)} on QM9 (quick preset: 3,000 training molecules, "
         f"{job['epochs']} epochs, seed {job['seeds']}), {job['jobs']} runs in parallel.\n"

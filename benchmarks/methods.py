@@ -77,9 +77,19 @@ def parameters_of(cls: type) -> str:
 
 
 def instantiate(cls: type, kwargs: Mapping[str, Any]) -> Any:
-    """``cls(**kwargs)`` with a clear error naming the accepted parameters."""
+    """``cls(**kwargs)`` with a clear error naming the accepted parameters.
+
+    A method name given for a parameter called ``aggregator`` (CR-MOGM's wrapped method) is built too:
+    ``--agg-arg aggregator=upgrad``.
+    """
+    kwargs = dict(kwargs)
+    if isinstance(kwargs.get("aggregator"), str):
+        _, inner = resolve(kwargs["aggregator"])
+        if inner is None:
+            raise MethodError(f"{cls.__name__}: aggregator='stl' is not a method")
+        kwargs["aggregator"] = inner()
     try:
-        return cls(**dict(kwargs))
+        return cls(**kwargs)
     except TypeError as error:
         raise MethodError(
             f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): {error}. "
@@ -224,7 +234,8 @@ class BilevelDriver(Driver):
                 raise RuntimeError(f"{self.name} needs validation batches for its outer objective")
             outer = ctx.outer_batches()
         kwargs: dict[str, Any] = {}
-        if "inner_lr" in inspect.signature(self.aggregator.step).parameters:
+        if hasattr(self.aggregator, "inner_lr") and self.aggregator.inner_lr is None:
+            # AutoLambda's virtual step uses the model's learning rate unless the user gave inner_lr
             kwargs["inner_lr"] = float(ctx.optimizer.param_groups[0]["lr"])
         result = self.aggregator.step(ctx.model, ctx.task_losses, batches[0], outer, **kwargs)
         losses = result.losses.detach().double().cpu()
@@ -245,8 +256,14 @@ class ConsMTLDriver(Driver):
     def step(self, ctx: StepContext, batches: list[Any]) -> StepOutcome:
         ctx.optimizer.zero_grad(set_to_none=True)
         losses = ctx.losses(batches[0])
+        reps = ctx.model.representation
+        if len(reps) != 1:
+            raise MethodError(
+                f"ConsMTL needs the one representation tensor that every head reads (HPS, or an expert "
+                f"architecture); this architecture's representation has {len(reps)} tensors"
+            )
         result = self.aggregator.backward(
-            losses, ctx.model.shared_parameters(), ctx.model.representation, ctx.model.task_parameters_list()
+            losses, ctx.model.shared_parameters(), reps[0], ctx.model.task_parameters_list()
         )
         if not getattr(result, "skipped", False):
             ctx.optimizer.step()

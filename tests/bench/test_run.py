@@ -116,7 +116,7 @@ def _strip_times(text: str) -> str:
     return re.sub(r'"(train|eval)_time_s": [0-9.e-]+', "", text)
 
 
-@pytest.mark.parametrize("method", ["random", "upgrad"])
+@pytest.mark.parametrize("method", ["random", "upgrad", "famo", "dwa", "pivrg", "sdmgrad", "autolambda", "gradvac"])
 def test_resume_ends_with_exactly_the_numbers_of_an_uninterrupted_run(tmp_path: Path, method: str) -> None:
     # the paper preset of the fixture has SGD momentum, a MultiStep schedule and dropout: every piece of state
     common = ["--preset", "paper", "--aggregator", method, "--epochs", "4", "--quiet", "--dataset", "synthetic"]
