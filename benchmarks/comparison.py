@@ -208,16 +208,34 @@ def method_label(method: str, agg_args: Mapping[str, Any], features: bool) -> st
     return method_tag(method, agg_args, features)
 
 
+def uses_gradients(method: str) -> bool:
+    """Whether ``method`` looks at task gradients (so that the ``features`` path changes its cost)."""
+    from mtlagg.aggregators import Needs, lookup
+
+    if method == "stl":
+        return False
+    cls = lookup(method)
+    return getattr(cls, "needs", Needs.GRAMIAN) > Needs.LOSSES
+
+
 def compare_configs(
     base: RunConfig,
     methods: Sequence[str],
     seeds: Sequence[int],
     agg_args: Mapping[str, Mapping[str, Any]] | None = None,
+    features: bool | str | None = None,
 ) -> list[RunConfig]:
+    """One config per (method, seed). ``features="auto"``: the representation path for the methods that use
+    task gradients, the parameter path (identical for them) for loss-only methods."""
     agg_args = agg_args or {}
-    return [
-        dataclasses.replace(base, method=m, agg_args=dict(agg_args.get(m, {})), seed=s) for m in methods for s in seeds
-    ]
+    configs = []
+    for m in methods:
+        use = base.features if features is None else (uses_gradients(m) if features == "auto" else bool(features))
+        for s in seeds:
+            configs.append(
+                dataclasses.replace(base, method=m, agg_args=dict(agg_args.get(m, {})), seed=s, features=use)
+            )
+    return configs
 
 
 def summarize_runs(
@@ -242,16 +260,16 @@ def summarize_runs(
         source = f"your single-task runs (mtlagg-bench stl, seeds {', '.join(map(str, stl.seeds))}, same protocol)"
         own = user_baseline(c.dataset, stl.values, higher, source=source)
     primary = own or published
-    if primary is own and own is not None:
-        note = f"Δm% against {own.source}"
+    if own is not None:
+        note = ""
     elif published is not None:
         note = (
-            f"Δm% against the published single-task baseline ({published.source}), measured under the paper "
-            f"protocol: with the {c.preset!r} preset it measures the distance to the papers' single-task models. "
-            "Run `mtlagg-bench stl` for a baseline of this protocol."
+            f"(The published baseline was measured under the paper protocol: against the {c.preset!r} preset, Δm% "
+            "measures the distance to the papers' single-task models. `mtlagg-bench stl` with the same options "
+            "gives a baseline of this protocol.)"
         )
     else:
-        note = "no Δm%: no single-task baseline (run `mtlagg-bench stl` with the same options); MR only"
+        note = "No Δm%: no single-task baseline (run `mtlagg-bench stl` with the same options); MR only."
     summary = summarize(records, higher, primary)
     title = title or f"{spec.title}: {c.preset} preset, {c.arch}"
     markdown = to_markdown(summary)
@@ -274,10 +292,11 @@ def compare(
     seeds: Sequence[int],
     *,
     agg_args: Mapping[str, Mapping[str, Any]] | None = None,
+    features: bool | str | None = None,
     jobs: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> Comparison:
-    configs = compare_configs(base, methods, seeds, agg_args)
+    configs = compare_configs(base, methods, seeds, agg_args, features)
     started = time.perf_counter()
     results = run_all(configs, jobs=jobs, log=log, label=f"compare {base.dataset}")
     comparison = summarize_runs(base, results)

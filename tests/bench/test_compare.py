@@ -41,7 +41,7 @@ def test_compare_runs_reuses_and_reports(tmp_path: Path, capsys: pytest.CaptureF
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "| mean | 2 |" in out and "| upgrad | 2 |" in out
-    assert "no Δm%" in out  # no single-task baseline yet: MR only
+    assert "No Δm%" in out  # no single-task baseline yet: MR only
     folder = tmp_path / "synthetic" / "quick" / "hps" / "comparison"
     for name in ("comparison.md", "comparison.csv", "comparison.json", "comparison.png"):
         assert (folder / name).stat().st_size > 0
@@ -76,7 +76,7 @@ def test_stl_of_another_protocol_is_not_used(tmp_path: Path, capsys: pytest.Capt
     assert cli.main(["stl", "--dataset", "synthetic", "--epochs", "1", "--quiet", "--out", str(tmp_path)]) == 0
     assert cli.main(["compare", *SYN, "--aggregators", "mean", "--seeds", "0", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "another protocol (epochs), not used" in out and "no Δm%" in out
+    assert "another protocol (epochs), not used" in out and "No Δm%" in out
 
 
 def test_per_method_agg_args(tmp_path: Path) -> None:
@@ -107,7 +107,8 @@ def test_published_baseline_is_cited_when_there_is_no_stl(tmp_path: Path) -> Non
         values = {k: v * scale for k, v in _qm9_published().items()}
         results.append({"method": "mean", "agg_args": {}, "features": False, "seed": seed, "test": values})
     report = comparison.summarize_runs(base, results, write=False)
-    assert "published single-task baseline" in report.baseline_note and "nash-mtl" in report.baseline_note
+    assert "published baseline was measured under the paper protocol" in report.baseline_note
+    assert "nash-mtl" in report.markdown  # the source is cited under the table
     # seed 0 equals the baseline (0 %), seed 1 is 10 % worse on every MAE (+10 %)
     assert report.summary.delta_m["mean"].mean == pytest.approx(5.0)
 
@@ -127,5 +128,7 @@ def test_main_job_prints_the_table_and_writes_the_plot(
     monkeypatch.chdir(tmp_path)
     assert cli.main([]) == 0
     out = capsys.readouterr().out
-    assert "| upgrad |" in out and "comparison.png" in out
-    assert (tmp_path / "mtlagg-runs" / "synthetic" / "quick" / "hps" / "comparison" / "comparison.png").is_file()
+    assert "| mean |" in out and "| upgrad+features |" in out and "comparison.png" in out  # features: "auto"
+    assert (
+        tmp_path / "mtlagg-runs" / "main-job" / "synthetic" / "quick" / "hps" / "comparison" / "comparison.png"
+    ).is_file()
