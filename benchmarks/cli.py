@@ -101,7 +101,7 @@ MAIN_JOB = {
     "preset": "quick",
     "methods": DEFAULT_METHODS,
     "seeds": "0",
-    "epochs": 5,
+    "epochs": 4,
     "jobs": 2,
     # the methods that use task gradients aggregate them on the shared representation (MGDA-UB): the exact
     # per-task gradients of the message-passing network cost 10-20 times a plain step on a CPU

@@ -27,6 +27,17 @@ def test_stl_writes_one_run_per_task_and_a_summary(tmp_path: Path, capsys: pytes
     assert "compare finds them" in capsys.readouterr().out
 
 
+def test_stl_on_a_multi_input_dataset_reads_only_its_task(tmp_path: Path) -> None:
+    from benchmarks.trainer import Trainer
+
+    config = RunConfig(dataset="synthetic_multi", method="stl", tasks=["second"], epochs=1, out=str(tmp_path))
+    config.progress = False
+    trainer = Trainer(config)
+    results = trainer.run()
+    assert results is not None and list(results["test"]) == ["second/accuracy"]
+    assert list(trainer.train_loaders) == ["second"] and results["steps"] == 11  # 164 examples / 16
+
+
 def test_single_task_model_has_one_head(tmp_path: Path) -> None:
     config = RunConfig(dataset="synthetic", method="stl", tasks=["cls"], epochs=1, out=str(tmp_path), progress=False)
     from benchmarks.trainer import Trainer
