@@ -113,14 +113,13 @@ def stl_configs(base: RunConfig, seeds: Sequence[int], tasks: Sequence[str] | No
     ]
 
 
-def write_stl_summary(results: Sequence[Mapping[str, Any]]) -> list[Path]:
-    """``stl/seed<k>/results.json``: the val and test metrics of every task's single-task run of that seed."""
-    by_seed: dict[tuple[str, str, str, int], list[Mapping[str, Any]]] = {}
+def write_stl_summary(results: Sequence[Mapping[str, Any]], out: str | Path) -> list[Path]:
+    """``<out>/<dataset>/<preset>/stl/seed<k>/results.json``: every task's single-task val and test metrics."""
+    by_seed: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
     for r in results:
-        out = Path(r["run_dir"]).parents[4]
-        by_seed.setdefault((str(out), r["dataset"], r["preset"], int(r["seed"])), []).append(r)
+        by_seed.setdefault((r["dataset"], r["preset"], int(r["seed"])), []).append(r)
     paths = []
-    for (out, dataset, preset, seed), runs in sorted(by_seed.items()):
+    for (dataset, preset, seed), runs in sorted(by_seed.items()):
         path = stl_dir(out, dataset, preset, seed) / "results.json"
         previous = read_json(path) if path.is_file() else {"tasks": {}}
         tasks = dict(previous.get("tasks", {}))
@@ -313,7 +312,7 @@ def stl(
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     results = run_all(stl_configs(base, seeds, tasks), jobs=jobs, log=log, label=f"stl {base.dataset}")
-    return results, write_stl_summary(results)
+    return results, write_stl_summary(results, base.out)
 
 
 def format_elapsed(seconds: float) -> str:

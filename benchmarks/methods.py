@@ -25,7 +25,7 @@ A driver never looks at test data.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -319,19 +319,3 @@ def _is_multibatch(aggregator: Any) -> bool:
     except ImportError:  # pragma: no cover - before the stateful methods are merged
         return False
     return isinstance(aggregator, MultiBatchAggregator)
-
-
-def cycle(make_iterator: Callable[[], Iterator[Any]]) -> Callable[[], Any]:
-    """A ``next()`` function over an iterator that restarts when exhausted."""
-    state: dict[str, Iterator[Any] | None] = {"it": None}
-
-    def next_item() -> Any:
-        if state["it"] is None:
-            state["it"] = make_iterator()
-        try:
-            return next(state["it"])  # type: ignore[arg-type]
-        except StopIteration:
-            state["it"] = make_iterator()
-            return next(state["it"])  # type: ignore[arg-type]
-
-    return next_item

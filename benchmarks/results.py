@@ -132,12 +132,12 @@ def run_studies(studies: Sequence[Study], runs: Path, data_dir: str | None, jobs
     for study in [*first, *later]:
         method_runs, stl_runs = configs_of(study, runs, data_dir)
         if stl_runs and study.stl_first:
-            write_stl_summary(run_all(stl_runs, jobs=jobs, label=f"{study.dataset} stl"))
+            write_stl_summary(run_all(stl_runs, jobs=jobs, label=f"{study.dataset} stl"), runs)
         run_all(method_runs, jobs=jobs, label=f"{study.dataset} methods")
     for study in later:
         _, stl_runs = configs_of(study, runs, data_dir)
         if stl_runs:
-            write_stl_summary(run_all(stl_runs, jobs=jobs, label=f"{study.dataset} stl"))
+            write_stl_summary(run_all(stl_runs, jobs=jobs, label=f"{study.dataset} stl"), runs)
 
 
 # --------------------------------------------------------------------------------------------- the page
