@@ -228,14 +228,15 @@ class _Step:
         weights = self._weights(AggregatorInput(self.T, losses=values))
         weights = weights * good.to(weights)
         shared = [p.tensor for p in self.shared if graph.leaf_mask(p.tensor)]
-        calls: list[tuple[list[Tensor], Tensor, int]] = []
         everyone = self.kept_mask(bad)
         coefficients = self.coefficients(weights, good)
+        # Task parameters in one call (each gets the gradient of the kept losses reaching it), except
+        # those declared for fewer tasks than reach them (explicit task_params), grouped by mask.
         groups: dict[int, list[Tensor]] = {}
         for tensor, mask in self.task_leaves(graph):
-            groups.setdefault(mask & everyone, []).append(tensor)
-        for mask, tensors in groups.items():
-            calls.append((tensors, coefficients, mask))
+            key = everyone if mask == graph.leaf_mask(tensor) else mask & everyone
+            groups.setdefault(key, []).append(tensor)
+        calls = [(tensors, coefficients, mask) for mask, tensors in groups.items()]
         calls.append((shared, weights, everyone))
         gradients: dict[int, Tensor] = {}
         for n, (tensors, coef, mask) in enumerate(calls):
@@ -252,23 +253,21 @@ class _Step:
             for tensor, gradient in zip(tensors, grads):
                 if gradient is not None:
                     gradients[id(tensor)] = gradient
-        if self.on_nonfinite != "ignore":
-            finite = [torch.isfinite(g).all() for g in gradients.values()]
-            if finite and not bool(torch.stack(finite).all()):
-                names = [
-                    p.name
-                    for p in self.shared
-                    if id(p.tensor) in gradients and not bool(torch.isfinite(gradients[id(p.tensor)]).all())
-                ]
-                message = (
-                    "the aggregated gradient holds NaN or Inf"
-                    + (f" for {', '.join(names)}" if names else " for a task parameter")
-                    + " (loss-only aggregators do not form per-task gradients, so the task cannot be named)"
-                )
-                if self.on_nonfinite == "raise":
-                    raise NonFiniteError(f"non-finite values in mtlagg.backward ({message})")
-                warnings.warn(f"mtlagg.backward skipped the step: {message}", RuntimeWarning, stacklevel=3)
-                return BackwardResult(self.values, skipped=True)
+        if self.on_nonfinite != "ignore" and not _all_finite(list(gradients.values())):
+            names = [
+                p.name
+                for p in self.shared
+                if id(p.tensor) in gradients and not bool(torch.isfinite(gradients[id(p.tensor)]).all())
+            ]
+            message = (
+                "the aggregated gradient holds NaN or Inf"
+                + (f" for {', '.join(names)}" if names else " for a task parameter")
+                + " (loss-only aggregators do not form per-task gradients, so the task cannot be named)"
+            )
+            if self.on_nonfinite == "raise":
+                raise NonFiniteError(f"non-finite values in mtlagg.backward ({message})")
+            warnings.warn(f"mtlagg.backward skipped the step: {message}", RuntimeWarning, stacklevel=3)
+            return BackwardResult(self.values, skipped=True)
         tensors_by_id = {id(p.tensor): p.tensor for p in self.shared}
         tensors_by_id.update({id(t): t for t, _ in self.task_leaves(graph)})
         for key, gradient in gradients.items():
@@ -361,6 +360,7 @@ class _Step:
             input_values=input_values,
             block_sizes=sizes,
             block_names=[p.name for p in inputs],
+            block_shapes=[tuple(p.tensor.shape) for p in inputs],
             block_gramians=parts,
         )
         weights: Tensor | None = None
@@ -404,6 +404,18 @@ class _Step:
         for tensor, gradient in zip(shared, grads):
             if gradient is not None:
                 _accumulate(tensor, gradient)
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every entry of every tensor is finite, with one fused reduction and one sync."""
+    if not tensors:
+        return True
+    # The 2-norms are the fastest fused reduction; NaN and Inf propagate through them. A norm can
+    # also overflow on finite entries (> 1e19 in float32), so a failed check is confirmed exactly.
+    norms = torch._foreach_norm(tensors, 2)
+    if bool(torch.stack([n.to(torch.float32) for n in norms]).isfinite().all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _accumulate(tensor: Tensor, gradient: Tensor) -> None:

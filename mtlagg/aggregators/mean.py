@@ -28,5 +28,9 @@ class Mean(WeightedAggregator):
         reference = weights_like([], inputs)
         return torch.full((inputs.num_tasks,), 1.0 / inputs.num_tasks, dtype=reference.dtype, device=reference.device)
 
+    def compute_direction(self, inputs: AggregatorInput) -> Tensor:
+        assert inputs.jacobian is not None
+        return inputs.jacobian.mean(dim=0)
+
 
 EW = Mean

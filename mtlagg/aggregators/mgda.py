@@ -11,6 +11,7 @@ from mtlagg.solvers import solve_nonneg_qp
 
 from ._base import AggregatorInput, Needs, WeightedAggregator
 from ._registry import register
+from ._utils import output_dtype
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
 _NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -27,15 +28,16 @@ class MGDA(WeightedAggregator):
 
     with the normalisations of Sener & Koltun's code (and LibMTL's ``mgda_gn``): ``"none"``
     (:math:`s_i = 1`), ``"l2"`` (:math:`s_i = \lVert g_i\rVert`), ``"loss"`` (:math:`s_i = L_i`)
-    and ``"loss+"`` (:math:`s_i = L_i \lVert g_i\rVert`). A task with :math:`s_i = 0` contributes a
-    zero vector (then the minimum norm, and ``d``, is 0). The weights returned apply to the raw
-    gradients: :math:`w_i = \alpha_i / s_i`.
+    and ``"loss+"`` (:math:`s_i = L_i \lVert g_i\rVert`). A task with :math:`s_i = 0` (a zero
+    gradient, or a zero loss) contributes a zero vector: then the minimum norm, and ``d``, is 0.
+    Negative losses are refused with the loss normalisations. The weights returned apply to the
+    raw gradients: :math:`w_i = \alpha_i / s_i`.
 
     The simplex QP is solved exactly (active-set method in float64, KKT-checked), not by a fixed
     number of Frank-Wolfe steps. Works from the Gramian, so it takes the MGDA-UB shortcut when
     given ``features=``. Scale convention: a convex combination (:math:`\sum_i \alpha_i = 1`);
-    MTLlib multiplies by ``T``. Non-conflicting: :math:`\langle g_i, d\rangle \ge \lVert
-    d\rVert^2 s_i \ge 0`.
+    MTLlib multiplies by ``T``. Non-conflicting: :math:`\langle \hat g_i, d\rangle \ge \lVert
+    d\rVert^2 \ge 0`.
 
     Args:
         normalization: ``"none"`` (default, as in the paper), ``"l2"``, ``"loss"`` or ``"loss+"``.
@@ -52,17 +54,26 @@ class MGDA(WeightedAggregator):
 
     def compute_weights(self, inputs: AggregatorInput) -> Tensor:
         gramian = inputs.gramian.to(torch.float64)
+        if self.normalization == "none":
+            alpha = solve_nonneg_qp(gramian, gramian.new_zeros(inputs.num_tasks), simplex=True)
+            return alpha.to(output_dtype(inputs.gramian))
         scales = torch.ones(inputs.num_tasks, dtype=torch.float64, device=gramian.device)
         if self.normalization in ("l2", "loss+"):
             scales = scales * gramian.diagonal().clamp_min(0).sqrt()
         if self.normalization in ("loss", "loss+"):
-            assert inputs.losses is not None
-            scales = scales * inputs.losses.to(torch.float64).to(gramian.device)
-        inverse = torch.where(scales != 0, 1 / torch.where(scales != 0, scales, 1), torch.zeros_like(scales))
+            if inputs.losses is None:
+                raise ValueError(f"MGDA(normalization={self.normalization!r}) needs the loss values: pass losses=")
+            losses = inputs.losses.to(device=gramian.device, dtype=torch.float64)
+            if bool((losses < 0).any()):
+                raise ValueError(
+                    f"MGDA(normalization={self.normalization!r}) divides by the losses, which must be >= 0; "
+                    f"got {losses.tolist()}"
+                )
+            scales = scales * losses
+        inverse = torch.where(scales > 0, 1 / torch.where(scales > 0, scales, 1), 0.0)
         normalized = gramian * inverse[:, None] * inverse[None, :]
         alpha = solve_nonneg_qp(normalized, torch.zeros_like(scales), simplex=True)
-        weights = alpha * inverse
-        return weights.to(inputs.gramian.dtype)
+        return (alpha * inverse).to(output_dtype(inputs.gramian))
 
     def extra_repr(self) -> str:
         return f"normalization={self.normalization!r}"

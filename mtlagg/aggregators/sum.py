@@ -24,3 +24,7 @@ class Sum(WeightedAggregator):
     def compute_weights(self, inputs: AggregatorInput) -> Tensor:
         reference = weights_like([], inputs)
         return torch.ones(inputs.num_tasks, dtype=reference.dtype, device=reference.device)
+
+    def compute_direction(self, inputs: AggregatorInput) -> Tensor:
+        assert inputs.jacobian is not None
+        return inputs.jacobian.sum(dim=0)

@@ -1,11 +1,31 @@
 """Solvers for the small ``T x T`` problems of the aggregators, in pure torch.
 
-Everything here runs in float64, batched over problems, on the device of the input, and checks
-the optimality (KKT) conditions of its answer: a problem that cannot be solved to tolerance
-raises :class:`mtlagg.errors.SolverError` instead of returning a wrong answer.
+Everything here runs in float64, batched over problems where there are several, on the device of
+the input, and checks the optimality conditions of its answer: a problem that cannot be solved to
+tolerance raises :class:`mtlagg.errors.SolverError` (or reports ``converged=False`` where the
+caller decides), instead of returning a wrong answer.
+
+* :func:`solve_nonneg_qp`: convex QPs over ``x >= 0`` or the simplex (MGDA, UPGrad, DualProj).
+* :func:`project_weights`: dual-cone projections in weight space (UPGrad, DualProj).
+* :func:`solve_cagrad_dual`: the dual of CAGrad.
+* :func:`solve_alpha_fair`: ``G w = w^(-1/alpha)`` (FairGrad; Nash-MTL is ``alpha = 1``).
+* :func:`project_onto_simplex`: Euclidean projection onto the probability simplex.
 """
 
+from .cagrad import CAGradDual, solve_cagrad_dual
+from .dual_cone import project_weights
+from .fair import FAIR_TOLERANCE, FairSolution, solve_alpha_fair
 from .qp import QP_TOLERANCE, solve_nonneg_qp
 from .simplex import project_onto_simplex
 
-__all__ = ["QP_TOLERANCE", "project_onto_simplex", "solve_nonneg_qp"]
+__all__ = [
+    "FAIR_TOLERANCE",
+    "QP_TOLERANCE",
+    "CAGradDual",
+    "FairSolution",
+    "project_onto_simplex",
+    "project_weights",
+    "solve_alpha_fair",
+    "solve_cagrad_dual",
+    "solve_nonneg_qp",
+]
