@@ -12,6 +12,7 @@ mtlagg-bench toy ...         the two-objective toy problem, as a figure
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -393,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except NonFiniteError as error:
         print(f"mtlagg-bench: training diverged: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, RuntimeError) as error:  # e.g. a method that cannot run on this dataset
+        if os.environ.get("MTLAGG_DEBUG"):
+            raise
+        print(f"mtlagg-bench: {type(error).__name__}: {error}", file=sys.stderr)
+        print("(set MTLAGG_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 1
 
 

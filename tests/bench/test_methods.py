@@ -12,7 +12,11 @@ from benchmarks.runs import RunConfig
 from benchmarks.trainer import Trainer, seed_everything
 
 #: methods that cannot run without an argument, and the argument the test gives them
-NEEDS = {"constant": {"weights": [1.0, 2.0, 1.0]}}
+NEEDS = {
+    "constant": {"weights": [1.0, 2.0, 1.0]},
+    "krum": {"n_byzantine": 0},  # n_byzantine=1 needs at least 5 tasks; the synthetic data has 3
+    "logloss": {"aggregator": "upgrad"},
+}
 
 
 def _trainer(tmp_path: Path, method: str, **kw) -> Trainer:
@@ -39,6 +43,18 @@ def test_every_registered_method_runs_a_tiny_epoch(tmp_path: Path, name: str) ->
 def test_a_method_that_needs_an_argument_says_which(tmp_path: Path) -> None:
     with pytest.raises(methods.MethodError, match="Its parameters: weights"):
         _trainer(tmp_path, "constant").run()
+    with pytest.raises(methods.MethodError, match="Its parameters: aggregator, eps"):
+        _trainer(tmp_path, "logloss").run()
+
+
+def test_a_method_that_cannot_run_on_the_dataset_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import cli
+
+    argv = ["run", "--dataset", "synthetic", "--aggregator", "krum", "--epochs", "1", "--quiet", "--out", str(tmp_path)]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Krum with n_byzantine=1 needs more than 2 * n_byzantine + 2 = 4 tasks, got 3" in err
+    assert "Traceback" not in err
 
 
 def test_crmogm_wraps_a_method_given_by_name(tmp_path: Path) -> None:

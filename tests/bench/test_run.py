@@ -178,3 +178,73 @@ def test_non_finite_losses_raise_by_default_and_can_be_skipped(tmp_path: Path) -
         results = Trainer(skipping).run()
     assert results is not None and results["skipped_steps"] == 2  # one poisoned batch per epoch
     assert all(v == v for v in results["test"].values())
+
+
+def test_nyuv2_format_with_the_default_segnet_mtan(tmp_path: Path) -> None:
+    from tests.bench_data.test_dense import write_dense
+
+    write_dense(tmp_path / "data" / "nyuv2", "nyuv2", n_train=6, n_test=2, shape=(64, 64))
+    args = ["--data-dir", str(tmp_path / "data"), "--aggregator", "mean", "--epochs", "1", "--max-steps", "2"]
+    args += ["--batch-size", "2", "--model-arg", "filters=4,4,4,4,4", "--data-arg", "size=[32, 32]"]
+    assert _run(tmp_path, *args, dataset="nyuv2") == 0
+    results = _results(tmp_path / "nyuv2" / "quick" / "mtan" / "mean" / "seed0")  # MTAN: the papers' model
+    assert len(results["test"]) == 9 and results["arch"] == "mtan"
+
+
+def test_celeba_format_forty_tasks_with_safe_head_names(tmp_path: Path) -> None:
+    pytest.importorskip("PIL.Image")
+    from tests.bench_data.test_images import write_celeba
+
+    write_celeba(tmp_path / "data" / "celeba", n=12)
+    args = ["--data-dir", str(tmp_path / "data"), "--aggregator", "upgrad", "--features", "--epochs", "2"]
+    args += ["--batch-size", "3", "--model-arg", "width=0.05", "--data-arg", "size=[16, 16]"]  # 9 = 3 x 3 images
+    assert _run(tmp_path, *args, dataset="celeba") == 0
+    results = _results(tmp_path / "celeba" / "quick" / "hps" / "upgrad+features" / "seed0")
+    assert len(results["test"]) == 40 and "5_o_Clock_Shadow/f1" in results["test"]
+
+
+def test_office31_format_multi_input_resnet(tmp_path: Path) -> None:
+    pytest.importorskip("PIL.Image")
+    from tests.bench_data.test_images import write_office31
+
+    write_office31(tmp_path / "data" / "office31")
+    args = ["--data-dir", str(tmp_path / "data"), "--aggregator", "mgda", "--arch", "cross_stitch", "--epochs", "1"]
+    args += [
+        "--batch-size",
+        "4",
+        "--model-arg",
+        "width=4",
+        "--model-arg",
+        "feature_dim=8",
+        "--data-arg",
+        "size=[32, 32]",
+    ]
+    assert _run(tmp_path, *args, dataset="office31") == 0
+    results = _results(tmp_path / "office31" / "quick" / "cross_stitch" / "mgda" / "seed0")
+    assert set(results["test"]) == {"amazon/accuracy", "dslr/accuracy", "webcam/accuracy"}
+
+
+def test_pawsx_format_with_a_local_bert_folder(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    import inspect
+
+    from benchmarks.models.sick import tiny_bert
+    from tests.bench_data.conftest import WORDS
+    from tests.bench_data.test_text import write_pawsx
+
+    write_pawsx(tmp_path / "data" / "pawsx")
+    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *WORDS]))
+    model_dir = tmp_path / "bert"
+    if "vocab" in inspect.signature(transformers.BertTokenizer.__init__).parameters:  # transformers >= 5
+        tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    else:
+        (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        tokenizer = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(model_dir)
+    tiny_bert(vocab_size=len(vocab), hidden=8, layers=1).save_pretrained(model_dir)
+    args = ["--data-dir", str(tmp_path / "data"), "--aggregator", "upgrad", "--epochs", "1", "--batch-size", "2"]
+    args += ["--data-arg", f"model_path={model_dir}"]
+    assert _run(tmp_path, *args, dataset="pawsx") == 0
+    results = _results(tmp_path / "pawsx" / "quick" / "hps" / "upgrad" / "seed0")
+    assert set(results["test"]) == {f"{lang}/accuracy" for lang in ("en", "zh", "de", "es")}
+    assert results["steps"] == 2  # 3 pairs per language, batch 2
