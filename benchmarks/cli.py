@@ -263,7 +263,7 @@ def command_main(args: argparse.Namespace) -> int:
     print(
         f"mtlagg-bench main job: {', '.join(methods)} on QM9 (quick preset: 3,000 training molecules, "
         f"{job['epochs']} epochs, seed {job['seeds']}), {job['jobs']} runs in parallel.\n"
-        "Data: the qm9pack package (the first call featurises the 130,831 molecules once, about a minute, "
+        "Data: the qm9pack package (the first call featurises the 130,831 molecules once, one to three minutes, "
         "then caches them).\n",
         flush=True,
     )
