@@ -360,8 +360,16 @@ class Trainer:
                 return batch
 
             return next_multi
-        it = iter(self.train_loaders)
-        return lambda: next(it)
+        state = {"it": iter(self.train_loaders)}
+
+        def next_single() -> Any:  # restarts when a step needs more batches than one pass holds
+            try:
+                return next(state["it"])
+            except StopIteration:
+                state["it"] = iter(self.train_loaders)
+                return next(state["it"])
+
+        return next_single
 
     def _outer_source(self) -> Callable[[], Any] | None:
         if self.outer_loader is None:

@@ -127,6 +127,11 @@ def test_multi_batch_methods_get_independent_batches(tmp_path: Path, monkeypatch
     assert seen == [3, 3]  # 96 examples / 16 = 6 batches, 3 per step
 
 
+def test_multi_batch_method_on_fewer_batches_than_a_step_needs(tmp_path: Path) -> None:
+    results = _trainer(tmp_path, "sdmgrad", max_steps=None, data_args={"size": 20}).run()  # 2 batches of 16 + 4
+    assert results is not None and results["steps"] == 1
+
+
 @pytest.mark.parametrize("name", ["autolambda", "moml", "forum"])
 def test_bilevel_outer_batches_come_from_validation(tmp_path: Path, monkeypatch, name: str) -> None:
     from mtlagg.aggregators import REGISTRY
