@@ -219,9 +219,8 @@ def render(studies: Sequence[Study], runs: Path, data_dir: str | None, out: Path
             stl_lines = ["Single-task baselines (test, mean over seeds):", ""]
             values = comparison.find_stl(base)
             if values is not None and values.values:
-                stl_lines.append(
-                    ", ".join(f"{k} {v:.4g}" for k, v in values.values.items()) + f" (seeds {values.seeds})"
-                )
+                seeds = ", ".join(map(str, values.seeds))
+                stl_lines.append(", ".join(f"{k} {v:.4g}" for k, v in values.values.items()) + f" (seeds {seeds})")
             lines += [*stl_lines, ""]
         times = [r["train_time_s"] for r in done]
         lines += [
