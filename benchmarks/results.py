@@ -240,7 +240,7 @@ def render(studies: Sequence[Study], runs: Path, data_dir: str | None, out: Path
         figure = assets / f"{study.dataset}.png"
         from benchmarks.report import plot
 
-        plot(report.summary, figure, f"{spec.title}: {study.config.get('preset', 'quick')}")
+        plot(report.summary, figure, spec.title)
         lines += [f"![{study.dataset}]({assets.name}/{figure.name})", ""]
         raw = {
             "dataset": study.dataset,
