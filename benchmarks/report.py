@@ -162,6 +162,12 @@ def write_all(summary: Summary, out: Path, title: str) -> dict[str, Path]:
     return paths
 
 
+def _spreads(stats: list[Stat]) -> list[float]:
+    """Standard deviations for error bars; 0 where a single seed gives none (no bar is drawn when
+    no method has one)."""
+    return [0.0 if math.isnan(s.std) else s.std for s in stats]
+
+
 def plot(summary: Summary, path: Path, title: str) -> Path:
     """Δm% (or MR when there is no baseline) per method, and every metric with its spread over seeds."""
     import matplotlib
@@ -181,8 +187,8 @@ def plot(summary: Summary, path: Path, title: str) -> Path:
     first = flat[0]
     if summary.delta_m:
         values = [summary.delta_m[m].mean for m in methods]
-        errors = [0 if math.isnan(summary.delta_m[m].std) else summary.delta_m[m].std for m in methods]
-        first.bar(methods, values, yerr=errors, color=palette, capsize=3)
+        errors = _spreads([summary.delta_m[m] for m in methods])
+        first.bar(methods, values, yerr=errors if any(errors) else None, color=palette, capsize=3)
         first.axhline(0, color="black", linewidth=0.8)
         first.set_title("Δm% vs single-task (lower is better)")
     else:
@@ -190,8 +196,8 @@ def plot(summary: Summary, path: Path, title: str) -> Path:
         first.set_title("mean rank (lower is better)")
     for ax, key in zip(flat[1:], keys):
         values = [summary.metrics[m][key].mean for m in methods]
-        errors = [0 if math.isnan(summary.metrics[m][key].std) else summary.metrics[m][key].std for m in methods]
-        ax.bar(methods, values, yerr=errors, color=palette, capsize=3)
+        errors = _spreads([summary.metrics[m][key] for m in methods])
+        ax.bar(methods, values, yerr=errors if any(errors) else None, color=palette, capsize=3)
         low = min(v - e for v, e in zip(values, errors))
         high = max(v + e for v, e in zip(values, errors))
         margin = 0.15 * (high - low) if high > low else abs(high) * 0.05 + 1e-9
@@ -199,6 +205,8 @@ def plot(summary: Summary, path: Path, title: str) -> Path:
         ax.set_title(f"{key} {'↑' if summary.higher_is_better[key] else '↓'}")
     for ax in flat:
         ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     for ax in flat[panels:]:
         ax.axis("off")
     figure.suptitle(title)
