@@ -53,6 +53,8 @@ class TaskGraph:
     common_leaves: list[Tensor] = field(default_factory=list)
     #: per cut edge (``features=``), the bitmask of tasks that reach it
     cut_masks: dict[Edge, int] = field(default_factory=dict)
+    #: per cut edge, the nodes that consume it with their task masks (once per use)
+    cut_consumers: dict[Edge, list[tuple[Node, int]]] = field(default_factory=dict)
     #: number of edges into each node from the rest of the graph
     uses: dict[Node, int] = field(default_factory=dict)
     #: the nodes two or more tasks reach, in topological order (losses first)
@@ -192,6 +194,7 @@ def analyse(roots: list[Edge | None], cut_edges: set[Edge] | None = None, *, cla
             continue
         for edge in cut_parents.get(node, ()):
             graph.cut_masks[edge] = graph.cut_masks.get(edge, 0) | mask
+            graph.cut_consumers.setdefault(edge, []).append((node, mask))
         if node in variables:  # AccumulateGrad: a leaf, labelled above
             continue
         exclusive = mask & (mask - 1) == 0

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.autograd.graph import GradientEdge
+from torch.autograd.graph import GradientEdge, Node
 
 from mtlagg.errors import VmapError
 
+from ._factored_features import FactoredFeature, factored_is_cheaper, linear_consumer
 from ._graph import Edge, TaskGraph, as_gradient_edge, edge_of
 from ._linear import FactoredLinear, find_linear_layers
 
@@ -38,16 +39,21 @@ class TaskGradients:
     direct: dict[int, dict[int, Tensor]] = field(default_factory=dict)
     #: id(weight or bias) -> the linear layer whose per-task gradients are kept factored
     factored: dict[int, FactoredLinear] = field(default_factory=dict)
+    #: id(feature) -> its per-task gradients through linear heads, kept factored (``features=``)
+    features: dict[int, FactoredFeature] = field(default_factory=dict)
 
     def has(self, tensor: Tensor) -> bool:
         key = id(tensor)
-        return key in self.blocks or key in self.direct or key in self.factored
+        return key in self.blocks or key in self.direct or key in self.factored or key in self.features
 
     def block(self, tensor: Tensor) -> Tensor:
         """The ``(T, *shape)`` per-task gradients of ``tensor`` (zeros where a task does not reach it)."""
         layer = self.factored.get(id(tensor))
         if layer is not None:
             return layer.weight_rows() if tensor is layer.weight else layer.bias_rows()
+        feature = self.features.get(id(tensor))
+        if feature is not None:
+            return feature.rows(tuple(tensor.shape))
         full = self.blocks.get(id(tensor))
         rows = self.direct.get(id(tensor), {})
         if full is None:
@@ -70,7 +76,10 @@ class TaskGradients:
         done: set[int] = set()
         for tensor in tensors:
             layer = self.factored.get(id(tensor))
-            if layer is not None and parts is not None:
+            feature = self.features.get(id(tensor))
+            if feature is not None:
+                part = feature.gramian(dtype)
+            elif layer is not None and parts is not None:
                 part = layer.weight_gramian(dtype) if tensor is layer.weight else layer.bias_gramian(dtype)
             elif layer is not None:
                 if id(layer) not in done:
@@ -102,6 +111,11 @@ class TaskGradients:
                 coefficients = coefficients * _mask_vector(tasks, self.num_tasks).to(coefficients)
             weight, bias = layer.weighted(coefficients)
             return weight if tensor is layer.weight else bias
+        feature = self.features.get(id(tensor))
+        if feature is not None:
+            if tasks != everyone:
+                coefficients = coefficients * _mask_vector(tasks, self.num_tasks).to(coefficients)
+            return feature.weighted(coefficients).reshape(tensor.shape)
         total: Tensor | None = None
         full = self.blocks.get(id(tensor))
         if full is not None:
@@ -128,6 +142,8 @@ class TaskGradients:
                 rows.pop(task, None)
         for layer in {id(layer): layer for layer in self.factored.values()}.values():
             layer.forget_tasks(index)
+        for feature in self.features.values():
+            feature.forget_tasks(index)
 
     def add_direct(self, tensor: Tensor, task: int, gradient: Tensor) -> None:
         rows = self.direct.setdefault(id(tensor), {})
@@ -342,18 +358,25 @@ def feature_gradients(
         for i in range(T):
             if mask >> i & 1:
                 leaves_of[i].append(leaf)
+    heads = _linear_heads(graph, features, feature_edges)
+    factors: dict[int, dict[int, tuple[Tensor, Tensor]]] = {id(features[k]): {} for k in heads}
     # Each feature's T-row block is filled row by row; rows of tasks that do not reach it stay 0.
     written: dict[int, list[bool]] = {}
     for i, loss in enumerate(losses):
         if not loss.requires_grad:
             continue
-        reached = [f for f, e in zip(features, feature_edges) if graph.cut_masks.get(e, 0) >> i & 1]
-        inputs = reached + leaves_of[i]
+        reached = [k for k, e in enumerate(feature_edges) if graph.cut_masks.get(e, 0) >> i & 1]
+        # (through a linear head: the gradient of the head's first output, delta_i, instead of the rows)
+        targets = [as_gradient_edge((heads[k][i][0], 0)) if k in heads else features[k] for k in reached]
+        inputs = targets + leaves_of[i]
         if not inputs:
             continue
         grads = torch.autograd.grad(loss, inputs, retain_graph=retain_graph or heads_overlap, allow_unused=True)
-        for tensor, gradient in zip(reached, grads):
-            if gradient is not None:
+        for k, gradient in zip(reached, grads):
+            tensor = features[k]
+            if gradient is not None and k in heads:
+                factors[id(tensor)][i] = (gradient, heads[k][i][1])
+            elif gradient is not None:
                 if id(tensor) not in result.blocks:
                     result.blocks[id(tensor)] = tensor.new_empty((T, *tensor.shape))
                     written[id(tensor)] = [False] * T
@@ -366,4 +389,32 @@ def feature_gradients(
         missing = [i for i, done in enumerate(rows) if not done]
         if missing:
             result.blocks[key][missing] = 0
+    for key, parts in factors.items():
+        if parts:
+            result.features[key] = FactoredFeature.from_tasks(T, parts)
     return result
+
+
+def _linear_heads(
+    graph: TaskGraph, features: list[Tensor], edges: list[Edge]
+) -> dict[int, dict[int, tuple[Node, Tensor]]]:
+    """Feature index -> (task -> its linear head node and matrix), for the ``N x d`` features that
+    every task reaching them consumes through a linear layer alone, where the factored form is cheaper."""
+    heads: dict[int, dict[int, tuple[Node, Tensor]]] = {}
+    for k, (feature, edge) in enumerate(zip(features, edges)):
+        mask = graph.cut_masks.get(edge, 0)
+        if feature.dim() != 2 or mask == 0:
+            continue
+        found = {}
+        for task in range(len(graph.boundary)):
+            if mask >> task & 1:
+                consumer = linear_consumer(graph, edge, task)
+                if consumer is None:
+                    break
+                found[task] = consumer
+        else:
+            columns = sum(matrix.shape[1] for _, matrix in found.values())
+            rows, width = feature.shape
+            if factored_is_cheaper(len(graph.boundary), rows, width, columns):
+                heads[k] = found
+    return heads
