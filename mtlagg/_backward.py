@@ -60,7 +60,9 @@ def backward(
             respect to the features (one row per task, flattened over the batch), and the
             aggregated feature gradient is back-propagated once into ``shared_params``. Much
             cheaper for large encoders; works with every aggregator. Every shared parameter must
-            be reached only through the features.
+            be reached only through the features. When every task consumes a 2-d feature through
+            a linear layer of its own (``nn.Linear`` heads), the rows are kept factored as
+            ``delta_t A_t^T`` and never formed (unless the aggregator needs the Jacobian itself).
         task_params: one iterable of parameters per task. If given, exactly these parameters (and
             the shared ones) receive gradients, and the parameters of task ``i`` get the gradient
             of ``L_i`` only. If ``None`` (default), every other parameter that requires grad and
