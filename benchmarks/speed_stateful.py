@@ -181,7 +181,11 @@ def make_steps(w: Workload) -> dict[str, tuple[str, Callable[[], None], str]]:
 TARGETS = {"loss weighting": 1.15, "memory (Gramian)": 1.1, "memory (Jacobian)": 1.1}
 
 
-def measure(num_tasks: int, reps: int, names: list[str] | None) -> list[dict]:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def measure(num_tasks: int, reps: int, names: list[str] | None, clock: str = "wall") -> list[dict]:
+    now = CLOCKS[clock]
     w = Workload(num_tasks)
     steps = make_steps(w)
     if names:
@@ -193,9 +197,9 @@ def measure(num_tasks: int, reps: int, names: list[str] | None) -> list[dict]:
         step()
     for _ in range(reps):
         for name, (_, step, _) in steps.items():
-            start = time.perf_counter()
+            start = now()
             step()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(now() - start)
     medians = {name: statistics.median(values) * 1e3 for name, values in times.items()}
     rows = []
     for name, (kind, _, baseline) in steps.items():
@@ -224,14 +228,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--methods", nargs="*", default=None, help="only these rows (names as in the table)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: perf_counter (default); cpu: the process's CPU time, steadier on a loaded machine (one thread)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.reps} interleaved reps\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock; "
+        f"medians of {args.reps} interleaved reps\n"
+    )
     print("| T | method | kind | ms / step | baseline | baseline ms | ratio | target |")
     print("|---|---|---|---|---|---|---|---|")
     for T in args.tasks:
-        for row in measure(T, args.reps, args.methods):
+        for row in measure(T, args.reps, args.methods, args.clock):
             target = (
                 ""
                 if row["target"] is None
