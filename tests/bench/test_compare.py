@@ -124,6 +124,37 @@ def test_published_baseline_is_cited_when_there_is_no_stl(tmp_path: Path) -> Non
     assert report.summary.delta_m["mean"].mean == pytest.approx(5.0)
 
 
+def test_a_reference_baseline_of_the_protocol_replaces_the_published_one(tmp_path: Path) -> None:
+    from benchmarks.scores import load_baseline
+
+    reference = load_baseline("qm9", "stl_main_job")
+    base = RunConfig(dataset="qm9", method="mean", out=str(tmp_path))
+    values = {k: v * 1.2 for k, v in reference.values.items()}  # 20 % worse on every MAE
+    results = [{"method": "mean", "agg_args": {}, "features": False, "seed": 0, "test": values}]
+    report = comparison.summarize_runs(base, results, write=False, reference=reference)
+    assert report.summary.delta_m["mean"].mean == pytest.approx(20.0)
+    assert "main job's protocol" in report.markdown and "take precedence" in report.baseline_note
+    # the published (paper-protocol) baseline is still reported, second
+    published = report.extra["vs_published"].delta_m["mean"].mean
+    assert published == pytest.approx(load_baseline("qm9").delta_m(values))
+    assert published > 1000  # 4 epochs on 3,000 molecules against the papers' 300 epochs
+
+
+def test_main_job_uses_its_reference_baseline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: dict[str, object] = {}
+
+    def fake_compare(base: RunConfig, methods: list[str], seeds: list[int], **kwargs: object) -> object:
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(comparison, "compare", fake_compare)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        cli.main([])
+    reference = seen["reference"]
+    assert reference is not None and reference.name == "stl_main_job" and reference.dataset == "qm9"
+
+
 def _qm9_published() -> dict[str, float]:
     from benchmarks.scores import load_baseline
 
