@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from benchmarks.speed import CLOCKS
 from mtlagg.aggregators import (
     IMTLG,
     MGDA,
@@ -147,11 +147,6 @@ class Row:
     ours_ms: float
     theirs_ms: float | None
     cosine: float | None
-
-
-#: The clocks: ``"cpu"`` counts the CPU time of this process (all its threads), which a loaded
-#: machine disturbs far less than wall-clock time; ``"wall"`` is ``time.perf_counter``.
-CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
 def _timed(call: Callable[[], object], clock: Callable[[], float]) -> float:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 import mtlagg
+from benchmarks.speed import CLOCKS
 from mtlagg.aggregators import (
     CRMOGM,
     DBMTL,
@@ -179,9 +179,6 @@ def make_steps(w: Workload) -> dict[str, tuple[str, Callable[[], None], str]]:
 
 
 TARGETS = {"loss weighting": 1.15, "memory (Gramian)": 1.1, "memory (Jacobian)": 1.1}
-
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def measure(num_tasks: int, reps: int, names: list[str] | None, clock: str = "wall") -> list[dict]:
