@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.autograd.graph import Node
 
 from ._graph import Edge, TaskGraph
+from ._linear import matmul_slots
 
 
 def linear_consumer(graph: TaskGraph, edge: Edge, task: int) -> tuple[Node, Tensor] | None:
@@ -34,16 +35,8 @@ def linear_consumer(graph: TaskGraph, edge: Edge, task: int) -> tuple[Node, Tens
     if len(uses) != 1 or uses[0][1] != bit:
         return None
     node = uses[0][0]
-    name = type(node).__name__
-    if name == "AddmmBackward0":
-        if getattr(node, "_saved_alpha", None) != 1 or getattr(node, "_saved_beta", None) != 1:
-            return None
-        position = 1
-    elif name == "MmBackward0":
-        position = 0
-    else:
-        return None
-    if [i for i, child in enumerate(node.next_functions) if child == edge] != [position]:
+    slots = matmul_slots(node)
+    if slots is None or [i for i, child in enumerate(node.next_functions) if child == edge] != [slots[0]]:
         return None
     matrix = getattr(node, "_saved_mat2", None)
     if matrix is None or matrix.dim() != 2:

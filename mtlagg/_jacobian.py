@@ -406,7 +406,7 @@ def _linear_heads(
         if feature.dim() != 2 or mask == 0:
             continue
         found = {}
-        for task in range(len(graph.boundary)):
+        for task in range(graph.num_tasks):
             if mask >> task & 1:
                 consumer = linear_consumer(graph, edge, task)
                 if consumer is None:
@@ -415,6 +415,6 @@ def _linear_heads(
         else:
             columns = sum(matrix.shape[1] for _, matrix in found.values())
             rows, width = feature.shape
-            if factored_is_cheaper(len(graph.boundary), rows, width, columns):
+            if factored_is_cheaper(graph.num_tasks, rows, width, columns):
                 heads[k] = found
     return heads

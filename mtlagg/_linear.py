@@ -42,22 +42,31 @@ def _leaf(node: Node | None) -> Tensor | None:
     return getattr(node, "variable", None) if node is not None else None
 
 
+def matmul_slots(node: Node) -> tuple[int, int] | None:
+    """For a node of ``y = x A`` or ``y = b + x A`` (``MmBackward0``, or ``AddmmBackward0`` with
+    ``alpha = beta = 1``: what ``nn.Linear`` records on 2-d inputs), the positions of ``x`` and ``A``
+    in ``node.next_functions``; ``None`` for any other node."""
+    name = type(node).__name__
+    if name == "MmBackward0":
+        return 0, 1
+    plain = getattr(node, "_saved_alpha", None) == 1 and getattr(node, "_saved_beta", None) == 1
+    if name == "AddmmBackward0" and plain:
+        return 1, 2
+    return None
+
+
 def find_linear_layers(
     graph: TaskGraph, wanted_ids: set[int], excluded_edges: set[tuple[Node, int]]
 ) -> list[LinearLayer]:
     """Linear layers of the common region whose weight (and bias) can be factored."""
     layers = []
     for node in graph.common_nodes:
-        name = type(node).__name__
-        if name == "AddmmBackward0":
-            if getattr(node, "_saved_alpha", None) != 1 or getattr(node, "_saved_beta", None) != 1:
-                continue
-            bias_fn, _ = node.next_functions[0]
-            transpose_fn, _ = node.next_functions[2]
-        elif name == "MmBackward0":
-            bias_fn, transpose_fn = None, node.next_functions[1][0]
-        else:
+        slots = matmul_slots(node)
+        if slots is None:
             continue
+        name = type(node).__name__
+        bias_fn = node.next_functions[0][0] if name == "AddmmBackward0" else None
+        transpose_fn = node.next_functions[slots[1]][0]
         if (node, 0) in excluded_edges or transpose_fn is None or type(transpose_fn).__name__ != "TBackward0":
             continue
         weight_fn = transpose_fn.next_functions[0][0]
