@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mtlagg.solvers import solve_dual_cone
+from mtlagg.solvers import solve_dual_cone_diagonal
 
 from ._base import AggregatorInput, Needs, WeightedAggregator, check_preference, preference_for
 from ._registry import register
@@ -63,7 +63,7 @@ class UPGrad(WeightedAggregator):
         start = None
         if self.warm_start and self._free is not None and self._free.shape == (T, T):
             start = self._free.to(gramian.device)
-        x = solve_dual_cone(gramian, torch.diag(pref), initial_free=start)
+        x = solve_dual_cone_diagonal(gramian, pref, initial_free=start)
         if self.warm_start:
             self._free = x > 0
         return (x.sum(dim=0) + pref).to(output_dtype(gramian))

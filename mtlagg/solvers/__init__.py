@@ -6,15 +6,15 @@ tolerance raises :class:`mtlagg.errors.SolverError` (or reports ``converged=Fals
 caller decides), instead of returning a wrong answer.
 
 * :func:`solve_nonneg_qp`: convex QPs over ``x >= 0`` or the simplex (MGDA, UPGrad, DualProj).
-* :func:`project_weights` / :func:`solve_dual_cone`: dual-cone projections in weight space (UPGrad,
-  DualProj), on the Gramian truncated at its rounding noise.
+* :func:`project_weights` / :func:`solve_dual_cone` / :func:`solve_dual_cone_diagonal`: dual-cone
+  projections in weight space (UPGrad, DualProj), on the Gramian truncated at its rounding noise.
 * :func:`solve_cagrad_dual`: the dual of CAGrad.
 * :func:`solve_alpha_fair`: ``G w = w^(-1/alpha)`` (FairGrad; Nash-MTL is ``alpha = 1``).
 * :func:`project_onto_simplex`: Euclidean projection onto the probability simplex.
 """
 
 from .cagrad import CAGradDual, solve_cagrad_dual
-from .dual_cone import project_weights, solve_dual_cone
+from .dual_cone import project_weights, solve_dual_cone, solve_dual_cone_diagonal
 from .fair import FAIR_TOLERANCE, FairSolution, solve_alpha_fair
 from .qp import QP_TOLERANCE, solve_nonneg_qp
 from .simplex import project_onto_simplex
@@ -29,5 +29,6 @@ __all__ = [
     "solve_alpha_fair",
     "solve_cagrad_dual",
     "solve_dual_cone",
+    "solve_dual_cone_diagonal",
     "solve_nonneg_qp",
 ]

@@ -45,7 +45,7 @@ from torch import Tensor
 from mtlagg.errors import SolverError
 
 from .nnls import lawson_hanson
-from .pdas import FLIP, always_dense, primal_dual_active_set, trivial_sizes
+from .pdas import FLIP, always_dense, primal_dual_active_set
 from .qp import _RIDGE, QP_TOLERANCE, _all_satisfy_kkt, _fallback, _satisfies_kkt
 
 #: ``G^{-1}`` is used in the active-set solves when ``1 / trace(G^{-1})`` (a lower bound on the smallest
@@ -85,63 +85,98 @@ def solve_dual_cone(
         ValueError: on inconsistent shapes.
         SolverError: non-finite input, or an answer that fails the KKT check.
     """
-    if gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1]:
-        raise ValueError(f"the Gramian must be a square matrix, got shape {tuple(gramian.shape)}")
-    T = gramian.shape[0]
+    T = _check_gramian(gramian)
     if weights.dim() != 2 or weights.shape[1] != T:
         raise ValueError(f"weights must have shape (B, {T}), got {tuple(weights.shape)}")
-    if T == 0:
+    return _solve_checked(gramian, weights, False, eps, initial_free)
+
+
+def solve_dual_cone_diagonal(
+    gramian: Tensor,
+    scales: Tensor,
+    *,
+    eps: float | None = None,
+    initial_free: Tensor | None = None,
+) -> Tensor:
+    """:func:`solve_dual_cone` for ``weights = diag(scales)`` (the ``T`` problems of UPGrad,
+    ``u = p_k e_k``), without forming the diagonal matrix: row ``k`` of the ``(T, T)`` answer is
+    the ``x`` of ``u = scales_k e_k``."""
+    T = _check_gramian(gramian)
+    if scales.shape != (T,):
+        raise ValueError(f"scales must have shape ({T},), got {tuple(scales.shape)}")
+    return _solve_checked(gramian, scales, True, eps, initial_free)
+
+
+def _check_gramian(gramian: Tensor) -> int:
+    if gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1]:
+        raise ValueError(f"the Gramian must be a square matrix, got shape {tuple(gramian.shape)}")
+    if gramian.shape[0] == 0:
         raise ValueError("cannot project with no tasks")
+    return gramian.shape[0]
+
+
+def _solve_checked(
+    gramian: Tensor, weights: Tensor, diagonal: bool, eps: float | None, initial_free: Tensor | None
+) -> Tensor:
     if eps is None:
         eps = torch.finfo(gramian.dtype).eps
-    if initial_free is not None and initial_free.shape != weights.shape:
-        raise ValueError(f"initial_free must have shape {tuple(weights.shape)}, got {tuple(initial_free.shape)}")
+    shape = (gramian.shape[0],) * 2 if diagonal else weights.shape
+    if initial_free is not None and initial_free.shape != shape:
+        raise ValueError(f"initial_free must have shape {tuple(shape)}, got {tuple(initial_free.shape)}")
     # (no autograd bookkeeping in the solver: a few microseconds per operation at these sizes)
     with torch.inference_mode():
-        x = _solve(gramian, weights, eps, initial_free)
+        x = _solve(gramian, weights, diagonal, eps, initial_free)
     return x.clone()  # (a normal tensor again, usable by autograd)
 
 
-def _solve(gramian: Tensor, weights: Tensor, eps: float, initial_free: Tensor | None) -> Tensor:
+def _solve(gramian: Tensor, weights: Tensor, diagonal: bool, eps: float, initial_free: Tensor | None) -> Tensor:
     T = gramian.shape[0]
     G = gramian.to(torch.float64)
-    U = weights.to(device=G.device, dtype=torch.float64)
+    w = weights.to(device=G.device, dtype=torch.float64)
     # Scale to a unit largest diagonal entry (the minimiser does not change) and symmetrise.
     largest = G.diagonal().amax()
     G = torch.add(G, G.T).mul_(0.5 / largest)  # (G = 0: NaN here, zeros returned below)
-    C = U @ G
+    # The linear terms c = u G: with diagonal weights, row k is scales_k G_k.
+    C = G * w[:, None] if diagonal else w @ G
     # Certification: the Cholesky factorisation exists and 1 / trace(G^{-1}) (<= lambda_min) is
     # above the noise level; with the sizes of the initial free sets, one host synchronisation.
     factor, info = torch.linalg.cholesky_ex(G)
     eye = torch.eye(T, dtype=G.dtype, device=G.device)
     inverse_factor = torch.linalg.solve_triangular(factor, eye, upper=False)
-    norm = torch.linalg.vector_norm(inverse_factor)
     inverse: Tensor | None = None
     small = always_dense(*C.shape)  # (no block sizes needed: fewer operations)
+    descent = C < -FLIP  # (the coordinates with a descent direction at x = 0)
     if initial_free is not None:
         free = initial_free.to(device=C.device, dtype=torch.bool)
     elif small:
-        free = C < -FLIP  # (the coordinates with a descent direction at x = 0)
+        free = descent
     else:
         # Also positive in the solution with every coordinate free but the support of u: for
         # u = p_k e_k (UPGrad), x_i = p_k (G^{-1})_{ik} / (G^{-1})_{kk}. The intersection of the two
         # guesses saves the primal-dual method about one of its five iterations on conflicting
         # gradients (measured; a guess only, the answer does not depend on it).
         inverse = inverse_factor.T @ inverse_factor
-        free = (C < -FLIP) & (U @ inverse > 0)
-    head = torch.stack([info.to(G.dtype), norm, largest])
-    stats = (head if small else torch.cat([head, trivial_sizes(C, free).to(G.dtype)])).tolist()
-    info, norm, largest = stats[:3]
+        free = descent & ((inverse if diagonal else w @ inverse) > 0)
+    # (info, ||L^{-1}||_F^2 = trace(G^{-1}), the largest diagonal entry, then the sizes of the free
+    # sets, -1 where x = 0 is known to be optimal: no descent direction at 0)
+    head = torch.stack([info.to(G.dtype), inverse_factor.square().sum(), largest])
+    if small:
+        stats = head.tolist()
+    else:
+        sizes = free.sum(dim=1).masked_fill_(~descent.any(dim=1), -1)
+        stats = torch.cat([head, sizes.to(G.dtype)]).tolist()
+    info, trace, largest = stats[:3]
     cutoff = T * eps
-    if info == 0 and math.isfinite(norm) and 1.0 / (norm * norm) > cutoff:
-        sizes = None if small else [int(s) for s in stats[3:]]
+    U = torch.diag(w) if diagonal else w
+    if info == 0 and math.isfinite(trace) and 1.0 / trace > cutoff:
+        sizes_list = None if small else [int(s) for s in stats[3:]]
         # (the fixed-set form of the active-set solves multiplies by G^{-1}: only when it is
         # accurate, and formed only if the solver gathers blocks)
-        if 1.0 / (norm * norm) <= _INVERTIBLE:
+        if 1.0 / trace <= _INVERTIBLE:
             form: Tensor | Callable[[], Tensor] | None = None
         else:
             form = inverse if inverse is not None else (lambda: inverse_factor.T @ inverse_factor)
-        return _full_rank(G, C, free, sizes, form, U)
+        return _full_rank(G, C, free, sizes_list, form, U)
     if largest == 0:
         return torch.zeros_like(C)  # G = 0: every u is its own projection
     if not (math.isfinite(largest) and bool(torch.isfinite(G).all() & torch.isfinite(C).all())):

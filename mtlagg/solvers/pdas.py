@@ -11,8 +11,10 @@ This version is written for the many small problems of the dual-cone projections
 DualProj), where the cost of each torch operation matters more than the flops: the problems that
 settle leave the working batch; the free blocks are gathered into ``s x s`` matrices (``s`` the
 largest free set of the working batch, the others padded with identity rows) with one flat index,
-or, when the working batch is small, the whole matrix is masked and two iterations run between
-host synchronisations. The host reads two numbers per synchronisation.
+or, when the working batch is small, the whole matrix is masked (and, on accelerators, two
+iterations run between host synchronisations). The host reads one number per problem and
+synchronisation. The sign tests of both kinds of coordinates are one comparison (minus the
+gradient is formed lowered by ``2 * FLIP``).
 
 ``G`` must be positive definite (its free blocks are factorised without a ridge). Problems that
 cycle (possible when ``G`` is not an M-matrix, in practice only on nearly singular problems) or run
@@ -79,66 +81,78 @@ def primal_dual_active_set(
         return X, None
     mixed = inverse is not None and U is not None
     eye = torch.eye(T, dtype=dtype, device=device)
-    # Coordinates of the gathered blocks: [0, T) rows of G (F-form), [T, 2T) rows of G^{-1}
-    # (N-form), [2T, 3T) dummies (identity, zero right-hand side) that pad every set to ``size``.
-    width = 3 * T
+    # Coordinates of the gathered blocks: [0, T) rows of G (F-form), then, once a problem is solved
+    # through its fixed set, [T, 2T) rows of G^{-1} (N-form), then dummies (identity, zero
+    # right-hand side) that pad every set to ``size`` (see :func:`_gather_source`).
+    width = 0
     positions = torch.arange(T, device=device)
-    dummies = positions + 2 * T
     source: Tensor | None = None
     working = torch.tensor(alive, device=device) if len(alive) < batch else None
     sizes = [sizes[i] for i in alive]
     Cw, fw = (C, free) if working is None else (C[working], free[working])
+    del C  # (only its working rows from here on)
     Uw = None if not mixed else (U if working is None else U[working])
     # The right-hand sides: -c (F-form), then u (N-form), then the dummies' zeros (formed when the
     # blocks are first gathered).
     rhs = -Cw
+    del Cw
+    # -c - 2 FLIP: ``addmm(lowered, x, G, alpha=-1)`` is minus the gradient, lowered by 2 FLIP, so
+    # that one comparison decides both kinds of coordinates (free: x > -FLIP; fixed: g < -FLIP).
+    lowered = rhs - 2 * FLIP
     settled_w = [False] * len(alive)
     before = fw
     cycled: list[Tensor] = []
     iteration = 0
     while iteration < max_iterations:
-        b = Cw.shape[0]
+        b = rhs.shape[0]
         size = max(sizes)
-        through_fixed = [mixed and 2 * s > T for s in sizes]
-        if any(through_fixed):
+        through_fixed = [2 * s > T for s in sizes] if mixed and 2 * size > T else [False] * b
+        if mixed and any(through_fixed):
             smaller = max(T - s if f else s for s, f in zip(sizes, through_fixed, strict=True))
             # (the fixed-set form costs a few more operations: only where the blocks shrink enough)
             if b * (size**3 - smaller**3) >= _MIXED_WORK:
-                size = smaller
+                # (at least one padding coordinate: an empty fixed set is not x = 0 but x = -u, which
+                # the blocks give, not the shortcut for empty free sets)
+                size = max(smaller, 1)
             else:
                 through_fixed = [False] * b
         dense = always_dense(b, T) or 4 * size > 3 * T
-        steps = 2 if dense else 1
+        # (two iterations per host synchronisation on accelerators, where a synchronisation stalls the
+        # queue; on the CPU it costs less than the second iteration would)
+        steps = 2 if dense and device.type != "cpu" else 1
         for step in range(steps):
             if dense:
                 block = torch.where(fw[:, :, None] & fw[:, None, :], G, eye)
                 factor, _ = torch.linalg.cholesky_ex(block)
                 right = torch.where(fw, rhs[:, :T], 0.0)[:, :, None]
-                xw = torch.cholesky_solve(right, factor)[:, :, 0]
-                gradient = torch.addmm(Cw, xw, G)
+                xw = _solve(factor, right[:, :, 0])
+                descent = torch.addmm(lowered, xw, G, alpha=-1)
             elif size == 0:
-                xw, gradient = torch.zeros_like(Cw), Cw
+                xw, descent = torch.zeros_like(lowered), lowered
             else:
-                if source is None:
-                    if callable(inverse):
+                fixed = torch.tensor(through_fixed, device=device)[:, None] if any(through_fixed) else None
+                if source is None or (fixed is not None and width == 2 * T):
+                    if fixed is not None and callable(inverse):
                         inverse = inverse()
-                    source = torch.block_diag(G, inverse if mixed else eye, eye).view(-1)
-                    rhs = torch.cat([rhs, Uw if mixed else torch.zeros_like(Cw), torch.zeros_like(Cw)], dim=1)
+                    through = inverse if fixed is not None and not callable(inverse) else None
+                    source, rhs = _gather_source(G, through, rhs[:, :T], Uw)
+                    width = rhs.shape[1]
+                    dummies = positions + (width - T)
                 # The ``size`` smallest keys: the selected coordinates (F, or N + T for the problems
                 # solved through N), then distinct dummies.
-                fixed = torch.tensor(through_fixed, device=device)[:, None] if any(through_fixed) else None
                 if fixed is None:
                     keys = torch.where(fw, positions, dummies)
                 else:
                     keys = torch.where(fw ^ fixed, positions + T * fixed, dummies)
-                selected_sizes = [T - s if f else s for s, f in zip(sizes, through_fixed, strict=True)]
-                groups = _groups(selected_sizes) if b * size**3 >= _BUCKET_WORK else None
+                groups = None
+                if b * size**3 >= _BUCKET_WORK:
+                    groups = _groups([T - s if f else s for s, f in zip(sizes, through_fixed, strict=True)])
                 index = torch.topk(keys, size, dim=1, largest=False, sorted=groups is not None).values
                 if groups is None:
-                    y = Cw.new_zeros(b, width).scatter_(1, index, _block_solve(source, rhs, index, width))
+                    y = torch.zeros_like(rhs).scatter_(1, index, _block_solve(source, rhs, index, width))
                 else:
                     # Problems of similar sizes together, each group padded to its own largest size.
-                    y = Cw.new_zeros(b, width)
+                    y = torch.zeros_like(rhs)
                     for members, largest in groups:
                         rows = torch.tensor(members, device=device)
                         part = index[rows, :largest]
@@ -146,27 +160,28 @@ def primal_dual_active_set(
                         y.index_copy_(0, rows, y[rows].scatter_(1, part, solution))
                 if fixed is None:
                     xw = y[:, :T]
-                    gradient = torch.addmm(Cw, xw, G)
+                    descent = torch.addmm(lowered, xw, G, alpha=-1)
                 else:
                     # N-form: the multipliers l = (G v)_N are the gradient, x = G^{-1} l - u.
                     multipliers = y[:, T : 2 * T]
                     xw = torch.addmm(y[:, :T] - Uw * fixed, multipliers, inverse)
-                    gradient = torch.where(fixed, multipliers, torch.addmm(Cw, y[:, :T], G))
-            new_free = torch.where(fw, xw > -FLIP, gradient < -FLIP)
+                    descent = torch.where(fixed, -multipliers - 2 * FLIP, torch.addmm(lowered, y[:, :T], G, alpha=-1))
+            new_free = torch.where(fw, xw, descent) > -FLIP
             iteration += 1
             if step < steps - 1:
                 before, fw = fw, new_free
-        changed = (new_free != fw).any(dim=1)
+        flipped = new_free != fw
         if iteration >= _CYCLE_CHECK:
+            changed = flipped.any(dim=1)
             cycling = changed & (new_free == before).all(dim=1)
             if bool(cycling.any()):
                 index = torch.nonzero(cycling).flatten()
                 cycled.append(index if working is None else working[index])
                 new_free = torch.where(cycling[:, None], fw, new_free)
-                changed = changed & ~cycling
+                flipped = flipped & ~cycling[:, None]
         before = fw
-        # One host synchronisation: the new sizes, and which problems moved (size + T + 1).
-        codes = torch.add(new_free.sum(dim=1), changed, alpha=T + 1).tolist()
+        # One host synchronisation: the new sizes and the numbers of flips (size + flips * (T + 1)).
+        codes = _codes(new_free, flipped, T)
         sizes = [c % (T + 1) for c in codes]
         settled_w = [c <= T for c in codes]
         moved = b - sum(settled_w)
@@ -183,7 +198,9 @@ def primal_dual_active_set(
             alive = [i for i, settled in enumerate(settled_w) if not settled]
             keep = torch.tensor(alive, device=device)
             working = keep if working is None else working[keep]
-            Cw, rhs, fw, before = Cw[keep], rhs[keep], fw[keep], before[keep]
+            rhs, lowered, fw = rhs[keep], lowered[keep], fw[keep]
+            if iteration + 1 >= _CYCLE_CHECK:
+                before = before[keep]
             if Uw is not None:
                 Uw = Uw[keep]
             sizes = [sizes[i] for i in alive]
@@ -196,6 +213,24 @@ def primal_dual_active_set(
     for index in cycled:
         settled[index] = False
     return X.clamp_min(0), settled
+
+
+def _codes(new_free: Tensor, flipped: Tensor, T: int) -> list[int]:
+    """``|F| + (T + 1) * flips`` per problem, read by the host (byte arithmetic while it fits)."""
+    if T < 254:  # (1 + T + 1 <= 255)
+        return torch.add(new_free.view(torch.uint8), flipped.view(torch.uint8), alpha=T + 1).sum(dim=1).tolist()
+    return torch.add(new_free.sum(dim=1), flipped.sum(dim=1), alpha=T + 1).tolist()
+
+
+def _gather_source(G: Tensor, inverse: Tensor | None, neg_c: Tensor, U: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The flattened matrix the blocks are gathered from and the right-hand sides, side by side:
+    ``[G, 0; 0, I]`` and ``[-c, 0]``, or with the fixed-set form ``diag(G, G^{-1}, I)`` and ``[-c, u, 0]``."""
+    eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    zeros = torch.zeros_like(neg_c)
+    if inverse is None:
+        return torch.block_diag(G, eye).view(-1), torch.cat([neg_c, zeros], dim=1)
+    assert U is not None
+    return torch.block_diag(G, inverse, eye).view(-1), torch.cat([neg_c, U, zeros], dim=1)
 
 
 def _block_solve(source: Tensor, rhs: Tensor, index: Tensor, width: int) -> Tensor:

@@ -15,6 +15,7 @@ from mtlagg.solvers import (
     solve_alpha_fair,
     solve_cagrad_dual,
     solve_dual_cone,
+    solve_dual_cone_diagonal,
     solve_nonneg_qp,
 )
 
@@ -466,6 +467,59 @@ def test_dual_cone_warm_start_and_forms_agree() -> None:
     assert settled is None and settled_mixed is None
     assert torch.allclose(plain, mixed, atol=1e-12, rtol=0) and torch.allclose(plain, cold, atol=1e-12, rtol=0)
     assert dual_cone._INVERTIBLE < 1e-3  # (the mixed form is the one the solver uses on this matrix)
+
+
+def test_fixed_set_form_forced_on_every_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the fixed-set form chosen whenever it is the smaller block (no work threshold), the
+    gathered source switches from ``[G, I]`` to ``[G, G^{-1}, I]`` mid-solve; same answers."""
+    from mtlagg.solvers import pdas
+
+    g = torch.Generator().manual_seed(43)
+    J = conflicting(40, 120, g)
+    Gs = J @ J.T
+    Gs = Gs / Gs.diagonal().max()
+    U = _upgrad_weights(40, g, extra=6)
+    C = U @ Gs
+    plain, settled = pdas.primal_dual_active_set(Gs, C, C < -pdas.FLIP, 25)
+    sources: list[int] = []
+    original = pdas._gather_source
+
+    def spy(G, inverse, neg_c, Uw):  # type: ignore[no-untyped-def]
+        sources.append(0 if inverse is None else 1)
+        return original(G, inverse, neg_c, Uw)
+
+    monkeypatch.setattr(pdas, "_gather_source", spy)
+    monkeypatch.setattr(pdas, "_MIXED_WORK", 0)
+    start = torch.ones_like(C, dtype=torch.bool)  # (large free sets from the first round: N-form)
+    mixed, settled_mixed = pdas.primal_dual_active_set(Gs, C, start, 25, inverse=lambda: torch.linalg.inv(Gs), U=U)
+    assert 1 in sources
+    assert settled is None and settled_mixed is None
+    assert torch.allclose(plain, mixed, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("T", "n", "rank"), [(1, 4, None), (5, 30, None), (40, 200, None), (40, 200, 12)])
+def test_dual_cone_diagonal_matches_the_general_form(T: int, n: int, rank: int | None) -> None:
+    """``solve_dual_cone_diagonal(G, s)`` is ``solve_dual_cone(G, diag(s))``, zero scales included
+    (their problems have the answer 0), on the dense, gathered and rank-deficient paths."""
+    g = torch.Generator().manual_seed(T + n + (rank or 0))
+    J = conflicting(T, n, g)
+    if rank is not None:
+        J = torch.randn(T, rank, generator=g, dtype=torch.float64) @ J[:rank]
+    G = J @ J.T
+    scales = torch.rand(T, generator=g, dtype=torch.float64)
+    scales[::3] = 0.0
+    X = solve_dual_cone_diagonal(G, scales)
+    expected = solve_dual_cone(G, torch.diag(scales))
+    assert X.shape == (T, T) and (X >= 0).all()
+    assert torch.allclose(X, expected, atol=1e-12 * (1 + float(expected.abs().max())), rtol=0)
+    assert (X[::3] == 0).all()
+    if T > 1:
+        start = torch.ones(T, T, dtype=torch.bool)
+        assert torch.allclose(solve_dual_cone_diagonal(G, scales, initial_free=start), X, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match=r"scales must have shape"):
+        solve_dual_cone_diagonal(G, torch.diag(scales))
+    with pytest.raises(ValueError, match=r"initial_free must have shape"):
+        solve_dual_cone_diagonal(G, scales, initial_free=torch.ones(T + 1, T, dtype=torch.bool))
 
 
 def test_dual_cone_result_is_usable_by_autograd_and_errors() -> None:
