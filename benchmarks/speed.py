@@ -97,22 +97,39 @@ def _data(num_tasks: int) -> tuple[Tensor, Tensor]:
     return torch.randn(BATCH, 128, generator=generator), torch.randn(BATCH, num_tasks, generator=generator)
 
 
+def _cuda_wall() -> float:
+    """Wall-clock time once the GPU's queued work is done (kernels run asynchronously)."""
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 #: The clocks of every speed benchmark: ``"cpu"`` counts the CPU time of this process (all its
 #: threads), which a loaded machine disturbs far less than wall-clock time; ``"wall"`` is
-#: ``time.perf_counter``.
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+#: ``time.perf_counter``; ``"cuda"`` is wall-clock time read after ``torch.cuda.synchronize()`` (the
+#: clock of every run with ``--device cuda``).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time, "cuda": _cuda_wall}
 
 
-def time_steps(num_tasks: int, names: list[str], repetitions: int, clock: str = "wall") -> dict[str, float]:
+def clock_for(device: str, clock: str) -> str:
+    """The clock a run on ``device`` uses: ``"cuda"`` on a GPU (CPU time does not see the kernels)."""
+    on_gpu = torch.device(device).type == "cuda"
+    if (on_gpu or clock == "cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device} --clock {clock}: CUDA is not available on this machine")
+    return "cuda" if on_gpu else clock
+
+
+def time_steps(
+    num_tasks: int, names: list[str], repetitions: int, clock: str = "wall", device: str = "cpu"
+) -> dict[str, float]:
     """Median seconds per step of each method, interleaved round-robin.
 
     ``clock="cpu"`` measures the process's CPU time, which other jobs on a shared machine disturb
     far less than wall-clock time (use it with one thread).
     """
-    now = CLOCKS[clock]
+    now = CLOCKS[clock_for(device, clock)]
     torch.manual_seed(0)
-    base = Workload(num_tasks)
-    x, y = _data(num_tasks)
+    base = Workload(num_tasks).to(device)
+    x, y = (t.to(device) for t in _data(num_tasks))
     factories = methods()
     runners = {name: (factories[name](), copy.deepcopy(base)) for name in names}
     for _ in range(2):  # warm-up
@@ -143,35 +160,46 @@ def _reset_peak_rss() -> None:
         clear.write("5")
 
 
-def memory_probe(name: str, num_tasks: int) -> int:
-    """Peak RSS increase (KiB) over three steps of one method after a warm-up step, in this process."""
+def memory_probe(name: str, num_tasks: int, device: str = "cpu") -> int:
+    """Peak memory increase (KiB) over three steps of one method after a warm-up step, in this
+    process: of the RSS on the CPU, of the CUDA caching allocator's allocated bytes on a GPU."""
     torch.manual_seed(0)
-    model = Workload(num_tasks)
-    x, y = _data(num_tasks)
+    model = Workload(num_tasks).to(device)
+    x, y = (t.to(device) for t in _data(num_tasks))
     with torch.no_grad():
         model.losses(x, y)
     step = methods()[name]()
     model.zero_grad(set_to_none=True)
     step(model, x, y)  # one warm-up step: lazy imports and first-call caches are not the method's memory
     model.zero_grad(set_to_none=True)
-    _reset_peak_rss()
-    before = _status_kib("VmRSS")
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        _reset_peak_rss()
+        before = _status_kib("VmRSS")
     for _ in range(3):
         model.zero_grad(set_to_none=True)
         step(model, x, y)
+    if cuda:
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) // 1024
     return _status_kib("VmHWM") - before
 
 
-def measure_memory(name: str, num_tasks: int) -> float:
-    """Peak RSS increase in MB, in a fresh subprocess.
+def measure_memory(name: str, num_tasks: int, device: str = "cpu") -> float:
+    """Peak memory increase in MB (RSS, or allocated CUDA memory), in a fresh subprocess.
 
     glibc's dynamic mmap threshold makes RSS depend on the allocation history; a fixed threshold
     (``MALLOC_MMAP_THRESHOLD_``) returns every large buffer to the system when it is freed, so the
     peak RSS tracks the peak of live memory and repeats from run to run.
     """
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    probe = ["--memory-probe", name, "--tasks", str(num_tasks), "--device", device]
     output = subprocess.run(
-        [sys.executable, "-m", "benchmarks.speed", "--memory-probe", name, "--tasks", str(num_tasks)],
+        [sys.executable, "-m", "benchmarks.speed", *probe],
         check=True,
         capture_output=True,
         text=True,
@@ -180,7 +208,9 @@ def measure_memory(name: str, num_tasks: int) -> float:
     return json.loads(output.strip().splitlines()[-1])["kib"] / 1024
 
 
-def engine_table(tasks: list[int], repetitions: int, with_memory: bool, clock: str = "wall") -> str:
+def engine_table(
+    tasks: list[int], repetitions: int, with_memory: bool, clock: str = "wall", device: str = "cpu"
+) -> str:
     names = list(methods())
     plain, reference = names[0], names[1]
     lines = [
@@ -188,8 +218,8 @@ def engine_table(tasks: list[int], repetitions: int, with_memory: bool, clock: s
         "|---|---|---|---|---|" + ("---|---|" if with_memory else ""),
     ]
     for T in tasks:
-        times = time_steps(T, names, repetitions, clock)
-        memory = {name: measure_memory(name, T) for name in names} if with_memory else {}
+        times = time_steps(T, names, repetitions, clock, device)
+        memory = {name: measure_memory(name, T, device) for name in names} if with_memory else {}
         for name in names:
             row = f"| {T} | {name} | {1000 * times[name]:.1f} | {times[name] / times[plain]:.2f} | "
             row += f"{times[name] / times[reference]:.2f} |"
@@ -207,18 +237,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the (slower) memory measurements")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="wall-clock or process CPU time")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]: the wall clock after a sync")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_probe is not None:
-        print(json.dumps({"kib": memory_probe(args.memory_probe, args.tasks[0])}))
+        print(json.dumps({"kib": memory_probe(args.memory_probe, args.tasks[0], args.device)}))
         return
+    clock = clock_for(args.device, args.clock)
+    where = torch.cuda.get_device_name(args.device) if clock == "cuda" else "CPU"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.clock} clock, batch {BATCH}, "
+        f"torch {torch.__version__}, {where}, {torch.get_num_threads()} thread(s), {clock} clock, batch {BATCH}, "
         f"MLP 128-512-512-512, medians of {args.repetitions} interleaved repetitions"
     )
-    print(engine_table(args.tasks, args.repetitions, with_memory=not args.no_memory, clock=args.clock))
+    print(engine_table(args.tasks, args.repetitions, not args.no_memory, clock, args.device))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from benchmarks.speed import CLOCKS
+from benchmarks.speed import CLOCKS, clock_for
 from mtlagg.aggregators import (
     IMTLG,
     MGDA,
@@ -43,6 +43,7 @@ from mtlagg.aggregators import (
     Sum,
     TrimmedMean,
     UPGrad,
+    set_solver_device,
 )
 
 Factory = Callable[[int], Callable[[Tensor], Tensor]]
@@ -163,16 +164,21 @@ def run(
     only: Sequence[str] | None = None,
     seed: int = 0,
     clock: str = "cpu",
+    device: str = "cpu",
 ) -> list[Row]:
-    """Time every method (and its TorchJD version) at each ``T``; interleaved, medians."""
+    """Time every method (and its TorchJD version) at each ``T``; interleaved, medians. With
+    ``device="cuda"`` the matrices live on the GPU and the clock is the wall clock after a sync."""
     selected = [m for m in methods() if only is None or m.name.lower() in {o.lower() for o in only}]
-    timer = CLOCKS[clock]
+    timer = CLOCKS[clock_for(device, clock)]
     rows: list[Row] = []
     for T in tasks:
         J = conflicting_matrix(T, n, seed)
-        matrices = {rank: conflicting_matrix(T, n, seed, rank=rank) for rank in {m.rank for m in selected}}
+        matrices = {rank: conflicting_matrix(T, n, seed, rank=rank).to(device) for rank in {m.rank for m in selected}}
         g = torch.Generator().manual_seed(seed + 1)
-        noise = [torch.randn(J.shape, generator=g) * (J.norm(dim=1, keepdim=True) / math.sqrt(n)) for _ in range(16)]
+        noise = [
+            (torch.randn(J.shape, generator=g) * (J.norm(dim=1, keepdim=True) / math.sqrt(n))).to(device)
+            for _ in range(16)
+        ]
         pairs = []
         for method in selected:
             if method.rank is not None and method.rank >= min(T, n):
@@ -246,21 +252,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--clock", choices=sorted(CLOCKS), default="cpu", help="cpu: process CPU time (default), wall: perf_counter"
     )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]: matrices on the GPU, synced clock")
+    parser.add_argument(
+        "--solver-device",
+        choices=["cpu", "input"],
+        default="cpu",
+        help="where mtlagg's small T x T solves run when the matrix is on a GPU (mtlagg.aggregators.set_solver_device)",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    set_solver_device(args.solver_device)
+    clock = clock_for(args.device, args.clock)
     tj = _torchjd()
     version = getattr(tj, "__version__", None) if tj is not None else None
     if tj is not None and version is None:
         from importlib.metadata import version as package_version
 
         version = package_version("torchjd")
+    where = torch.cuda.get_device_name(args.device) if clock == "cuda" else "CPU"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), TorchJD {version or 'not installed'}, "
-        f"{args.repeats} interleaved repetitions, medians of {args.clock} time"
+        f"torch {torch.__version__}, {where}, {torch.get_num_threads()} thread(s), "
+        f"TorchJD {version or 'not installed'}, "
+        f"{args.repeats} interleaved repetitions, medians of {clock} time"
+        + (f", mtlagg's T x T solves on the {args.solver_device} device" if clock == "cuda" else "")
     )
     print()
-    rows = run(args.tasks, args.n, args.repeats, args.warmup, only=args.only, seed=args.seed, clock=args.clock)
+    rows = run(
+        args.tasks, args.n, args.repeats, args.warmup, only=args.only, seed=args.seed, clock=clock, device=args.device
+    )
     print(format_table(rows, args.n))
 
 

@@ -328,7 +328,7 @@ class _Step:
 
     def _weights(self, inputs: AggregatorInput) -> Tensor:
         assert isinstance(self.aggregator, WeightedAggregator)
-        return self.aggregator.compute_weights(inputs).detach().to(device=self.values.device)
+        return self.aggregator.placed_weights(inputs).detach().to(device=self.values.device)
 
     def run_exact(self, needs: Needs, chunk_size: int | None) -> BackwardResult:
         graph = analyse(self.roots)

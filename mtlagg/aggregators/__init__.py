@@ -3,7 +3,15 @@
 ``REGISTRY`` maps the lowercase name (and aliases such as ``"ew"``) to the class.
 """
 
-from ._base import Aggregator, AggregatorInput, Needs, WeightedAggregator, compute_gramian
+from ._base import (
+    Aggregator,
+    AggregatorInput,
+    Needs,
+    WeightedAggregator,
+    compute_gramian,
+    get_solver_device,
+    set_solver_device,
+)
 from ._multibatch import MultiBatchAggregator
 from ._registry import ALIASES, REGISTRY, lookup, register
 from ._stateful import WeightOptimizer
@@ -97,6 +105,8 @@ __all__ = [
     "WeightOptimizer",
     "WeightedAggregator",
     "compute_gramian",
+    "get_solver_device",
     "lookup",
     "register",
+    "set_solver_device",
 ]

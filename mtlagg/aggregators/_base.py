@@ -216,10 +216,50 @@ class Aggregator(ABC):
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
+_SOLVER_DEVICES = ("cpu", "input")
+_solver_device = "cpu"
+
+
+def set_solver_device(where: str) -> None:
+    """Where the small ``T x T`` computations of the solver-based aggregators run (those with
+    ``host_solve = True``: MGDA, CAGrad, Nash-MTL, FairGrad, UPGrad, DualProj, IMTL-G, Aligned-MTL)
+    when their inputs live on an accelerator.
+
+    ``"cpu"`` (default): the ``T x T`` Gramian (and the losses) are copied to the CPU, the weights
+    computed there and copied back: two copies of ``T^2`` numbers, while the solvers' many tiny
+    operations are bound by kernel-launch latency on a GPU (measured 2-3 x faster end to end on an
+    H100; see ``docs/aggregators.md``). ``"input"``: everything stays on the inputs' device, with no
+    host transfer. The Gramian itself is always formed on the inputs' device.
+    """
+    global _solver_device
+    if where not in _SOLVER_DEVICES:
+        raise ValueError(f"the solver device must be one of {_SOLVER_DEVICES}, got {where!r}")
+    _solver_device = where
+
+
+def get_solver_device() -> str:
+    """The current setting of :func:`set_solver_device`."""
+    return _solver_device
+
+
 class WeightedAggregator(Aggregator):
     """An aggregator of the form ``d = w^T J``; :meth:`weights` exposes ``w``."""
 
     needs: ClassVar[Needs] = Needs.GRAMIAN
+    #: the weights come from a small ``T x T`` computation (a solver, a factorisation) of the
+    #: Gramian and the losses alone, with no state tied to a device: it runs where
+    #: :func:`set_solver_device` says.
+    host_solve: ClassVar[bool] = False
+
+    def placed_weights(self, inputs: AggregatorInput) -> Tensor:
+        """:meth:`compute_weights`, run on the CPU for ``host_solve`` aggregators whose inputs live
+        on an accelerator (see :func:`set_solver_device`); the weights on the inputs' device."""
+        reference = inputs.reference()
+        if not self.host_solve or _solver_device != "cpu" or reference is None or reference.device.type == "cpu":
+            return self.compute_weights(inputs)
+        losses = None if inputs.losses is None else inputs.losses.cpu()
+        host = AggregatorInput(inputs.num_tasks, losses=losses, gramian=inputs.gramian.cpu())
+        return self.compute_weights(host).to(reference.device)
 
     def weights(
         self,
@@ -248,7 +288,7 @@ class WeightedAggregator(Aggregator):
         if num_tasks < 1:
             raise ValueError(f"aggregation needs at least one task, got num_tasks={num_tasks}")
         losses = self._checked_losses(losses, num_tasks)
-        return self.compute_weights(AggregatorInput(num_tasks, losses=losses, gramian=gramian))
+        return self.placed_weights(AggregatorInput(num_tasks, losses=losses, gramian=gramian))
 
     def weights_from_jacobian(self, jacobian: Tensor, *, losses: Tensor | None = None) -> Tensor:
         """The ``T`` weights computed from the whole Jacobian."""
@@ -256,7 +296,7 @@ class WeightedAggregator(Aggregator):
             raise ValueError(f"the Jacobian must be a non-empty T x n matrix, got shape {tuple(jacobian.shape)}")
         _check_finite(jacobian, "the Jacobian")
         losses = self._checked_losses(losses, jacobian.shape[0])
-        return self.compute_weights(AggregatorInput(jacobian.shape[0], losses=losses, jacobian=jacobian))
+        return self.placed_weights(AggregatorInput(jacobian.shape[0], losses=losses, jacobian=jacobian))
 
     @staticmethod
     def _agree(current: int | None, found: int, where: str) -> int:
@@ -271,7 +311,7 @@ class WeightedAggregator(Aggregator):
     def compute_direction(self, inputs: AggregatorInput) -> Tensor:
         jacobian = inputs.jacobian
         assert jacobian is not None
-        weights = self.compute_weights(inputs)
+        weights = self.placed_weights(inputs)
         return weights.to(dtype=jacobian.dtype, device=jacobian.device) @ jacobian
 
 

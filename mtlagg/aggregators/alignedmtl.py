@@ -43,6 +43,7 @@ class AlignedMTL(WeightedAggregator):
     """
 
     needs: ClassVar[Needs] = Needs.GRAMIAN
+    host_solve: ClassVar[bool] = True
 
     def __init__(self, pref_vector: Tensor | None = None, scale_mode: ScaleMode = "min") -> None:
         if scale_mode not in _SCALE_MODES:

@@ -49,6 +49,7 @@ class CAGrad(WeightedAggregator):
     """
 
     needs: ClassVar[Needs] = Needs.GRAMIAN
+    host_solve: ClassVar[bool] = True
 
     def __init__(self, c: float = 0.4, rescale: Literal[0, 1, 2] = 1) -> None:
         c = check_float(c, "c", minimum=0.0)

@@ -33,6 +33,7 @@ class DualProj(WeightedAggregator):
     """
 
     needs: ClassVar[Needs] = Needs.GRAMIAN
+    host_solve: ClassVar[bool] = True
     non_conflicting: ClassVar[bool] = True
 
     def __init__(self, pref_vector: Tensor | None = None) -> None:

@@ -48,6 +48,7 @@ class FairGrad(WeightedAggregator):
     """
 
     needs: ClassVar[Needs] = Needs.GRAMIAN
+    host_solve: ClassVar[bool] = True
     non_conflicting: ClassVar[bool] = True
 
     def __init__(

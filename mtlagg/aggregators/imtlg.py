@@ -41,6 +41,7 @@ class IMTLG(WeightedAggregator):
     """
 
     needs: ClassVar[Needs] = Needs.GRAMIAN
+    host_solve: ClassVar[bool] = True
 
     def compute_weights(self, inputs: AggregatorInput) -> Tensor:
         gramian = inputs.gramian

@@ -58,6 +58,7 @@ class LogLoss(Aggregator):
         self.needs = aggregator.needs  # type: ignore[misc]
         self.uses_input_values = aggregator.uses_input_values  # type: ignore[misc]
         self.uses_block_gramians = aggregator.uses_block_gramians  # type: ignore[misc]
+        self.host_solve = getattr(aggregator, "host_solve", False)  # type: ignore[misc]
 
     @property
     def non_conflicting(self) -> bool:  # type: ignore[override]

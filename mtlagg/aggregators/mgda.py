@@ -44,6 +44,7 @@ class MGDA(WeightedAggregator):
     """
 
     needs: ClassVar[Needs] = Needs.GRAMIAN
+    host_solve: ClassVar[bool] = True
     non_conflicting: ClassVar[bool] = True
 
     def __init__(self, normalization: Normalization = "none") -> None:

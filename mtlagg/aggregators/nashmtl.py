@@ -63,6 +63,7 @@ class NashMTL(WeightedAggregator):
     """
 
     needs: ClassVar[Needs] = Needs.GRAMIAN
+    host_solve: ClassVar[bool] = True
     non_conflicting: ClassVar[bool] = True
 
     def __init__(

@@ -77,6 +77,8 @@ class PCD(Stateful, WeightedAggregator):
         return self.tau
 
     def compute_weights(self, inputs: AggregatorInput) -> Tensor:
+        # (the T x T work, a short sequence of tiny steps, and its memory stay on the CPU in float64;
+        # the weights are returned on the Gramian's device)
         G = inputs.gramian.to(torch.float64).cpu()
         T = inputs.num_tasks
         taus = self._taus(T)

@@ -43,6 +43,7 @@ class UPGrad(WeightedAggregator):
     """
 
     needs: ClassVar[Needs] = Needs.GRAMIAN
+    host_solve: ClassVar[bool] = True
     non_conflicting: ClassVar[bool] = True
 
     def __init__(self, pref_vector: Tensor | None = None, *, warm_start: bool = False) -> None:
