@@ -257,8 +257,16 @@ class WeightedAggregator(Aggregator):
         reference = inputs.reference()
         if not self.host_solve or _solver_device != "cpu" or reference is None or reference.device.type == "cpu":
             return self.compute_weights(inputs)
-        losses = None if inputs.losses is None else inputs.losses.cpu()
-        host = AggregatorInput(inputs.num_tasks, losses=losses, gramian=inputs.gramian.cpu())
+        gramian, losses = inputs.gramian, None
+        if self.uses_losses and inputs.losses is not None:
+            # (one device-to-host copy, one synchronisation: both in float64, exact both ways)
+            T = inputs.num_tasks
+            packed = torch.cat([gramian.reshape(-1).double(), inputs.losses.reshape(-1).double()]).cpu()
+            losses = packed[T * T :].to(inputs.losses.dtype)
+            gramian = packed[: T * T].view(T, T).to(gramian.dtype)
+        else:
+            gramian = gramian.cpu()
+        host = AggregatorInput(inputs.num_tasks, losses=losses, gramian=gramian)
         return self.compute_weights(host).to(reference.device)
 
     def weights(
