@@ -101,6 +101,7 @@ def test_compare_in_parallel_processes(tmp_path: Path, fake_mnist: Path) -> None
     # spawned workers see only registered datasets: the MultiMNIST loader on the fake MNIST files
     argv = ["compare", "--dataset", "multimnist", "--data-dir", str(fake_mnist), "--data-arg", "val_size=50"]
     argv += ["--aggregators", "mean,mgda", "--seeds", "0", "--epochs", "1", "--max-steps", "2", "--batch-size", "32"]
+    argv += ["--device", "cpu"]  # (the spawned workers do not see the fixture that hides a GPU)
     assert cli.main([*argv, "--jobs", "2", "--out", str(tmp_path / "p"), "--quiet"]) == 0
     assert cli.main([*argv, "--jobs", "1", "--out", str(tmp_path / "s"), "--quiet"]) == 0
     for method in ("mean", "mgda"):
