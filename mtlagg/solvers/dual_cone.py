@@ -20,7 +20,9 @@ certified to be above that level, which a Cholesky factorisation decides cheaply
 (``1 / trace(G^{-1}) <= lambda_min``). Then:
 
 * **full rank** (``G_r = G``): the primal-dual active set of :mod:`~mtlagg.solvers.pdas` (a few
-  iterations, each one batched factorisation of the free blocks);
+  iterations, each one batched factorisation of the free blocks); a few small problems on the CPU
+  go first through the same method in numpy (:mod:`~mtlagg.solvers.small_dense`, which answers only
+  what it certifies);
 * **rank r < T**: ``G_r = R^T R`` with ``R`` (``r x T``) from the eigendecomposition, and the
   Lawson-Hanson active set of :mod:`~mtlagg.solvers.nnls`, whose passive sets stay independent
   (at most ``r`` coordinates, positive definite blocks) however singular ``G_r`` is; its work grows
@@ -47,6 +49,7 @@ from mtlagg.errors import SolverError
 from .nnls import lawson_hanson
 from .pdas import FLIP, always_dense, primal_dual_active_set
 from .qp import _RIDGE, QP_TOLERANCE, _all_satisfy_kkt, _fallback, _satisfies_kkt
+from .small_dense import solve_small_dense
 
 #: ``G^{-1}`` is used in the active-set solves when ``1 / trace(G^{-1})`` (a lower bound on the smallest
 #: eigenvalue, relative to the largest diagonal entry) is above this.
@@ -131,6 +134,16 @@ def _solve_checked(
 
 def _solve(gramian: Tensor, weights: Tensor, diagonal: bool, eps: float, initial_free: Tensor | None) -> Tensor:
     T = gramian.shape[0]
+    batch = T if diagonal else weights.shape[0]
+    if gramian.device.type == "cpu" and weights.device.type == "cpu" and always_dense(batch, T):
+        # A few small problems: numpy on the same memory (see mtlagg.solvers.small_dense); it
+        # answers only when certain, and the torch path below decides otherwise.
+        start = None if initial_free is None else initial_free.detach().cpu().numpy()
+        G_np = gramian.detach().to(torch.float64).numpy()
+        U_np = weights.detach().to(torch.float64).numpy()
+        x = solve_small_dense(G_np, U_np, diagonal, eps, start)
+        if x is not None:
+            return torch.from_numpy(x)
     G = gramian.to(torch.float64)
     w = weights.to(device=G.device, dtype=torch.float64)
     # Scale to a unit largest diagonal entry (the minimiser does not change) and symmetrise.
