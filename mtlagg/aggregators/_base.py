@@ -62,6 +62,7 @@ class AggregatorInput:
 
     __slots__ = (
         "_gramian",
+        "_unchecked_jacobian",
         "block_gramians",
         "block_names",
         "block_shapes",
@@ -88,6 +89,9 @@ class AggregatorInput:
         self.num_tasks = num_tasks
         self.losses = losses
         self._gramian = gramian
+        #: the Jacobian's finiteness is still to be checked (through the Gramian's diagonal when
+        #: it is formed: a NaN or Inf entry makes its row's diagonal entry NaN or Inf).
+        self._unchecked_jacobian = False
         self.jacobian = jacobian
         self.input_values = input_values
         #: how the ``n`` columns split into tensors (parameters or features), in order, and their
@@ -107,6 +111,10 @@ class AggregatorInput:
                     "this aggregator needs the Gramian, and neither the Gramian nor the Jacobian was given"
                 )
             self._gramian = compute_gramian(self.jacobian)
+            if self._unchecked_jacobian:
+                self._unchecked_jacobian = False
+                if not bool(torch.isfinite(self._gramian.diagonal().sum())):
+                    _check_finite(self.jacobian, "the Jacobian")
         return self._gramian
 
     @property
@@ -168,7 +176,11 @@ class Aggregator(ABC):
             raise TypeError(f"the Jacobian must be floating point, got {jacobian.dtype}")
         if jacobian.shape[0] == 0:
             raise ValueError("the Jacobian has no rows: aggregation needs at least one task")
-        _check_finite(jacobian, "the Jacobian")
+        # Aggregators of the Gramian check the Jacobian through it (a T-entry diagonal instead of the
+        # whole matrix); the others, and any that end up not forming it, check the Jacobian itself.
+        deferred = self._checks_through_gramian()
+        if not deferred:
+            _check_finite(jacobian, "the Jacobian")
         losses = self._checked_losses(losses, jacobian.shape[0])
         if self.uses_input_values:
             if input_values is None:
@@ -178,7 +190,17 @@ class Aggregator(ABC):
                     f"input_values must have shape ({jacobian.shape[1]},), got {tuple(input_values.shape)}"
                 )
         inputs = AggregatorInput(jacobian.shape[0], losses=losses, jacobian=jacobian, input_values=input_values)
+        inputs._unchecked_jacobian = deferred
         return self.compute_direction(inputs)
+
+    def _checks_through_gramian(self) -> bool:
+        """Whether the Jacobian reaches this aggregator only through its Gramian and the final
+        ``w^T J`` of :meth:`WeightedAggregator.compute_direction`."""
+        return (
+            isinstance(self, WeightedAggregator)
+            and self.needs == Needs.GRAMIAN
+            and type(self).compute_direction is WeightedAggregator.compute_direction
+        )
 
     def _checked_losses(self, losses: Tensor | None, num_tasks: int) -> Tensor | None:
         if losses is None:
@@ -320,6 +342,8 @@ class WeightedAggregator(Aggregator):
         jacobian = inputs.jacobian
         assert jacobian is not None
         weights = self.placed_weights(inputs)
+        if inputs._unchecked_jacobian:  # (the weights did not need the Gramian)
+            _check_finite(jacobian, "the Jacobian")
         return weights.to(dtype=jacobian.dtype, device=jacobian.device) @ jacobian
 
 

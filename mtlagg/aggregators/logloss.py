@@ -129,7 +129,11 @@ class WeightedLogLoss(WeightedAggregator, LogLoss):
         reference = inputs.reference()
         assert reference is not None
         scales = self._scales(inputs, reference)
-        inner = self.aggregator.compute_weights(self._inner_inputs(inputs, scales))
+        inner_inputs = self._inner_inputs(inputs, scales)
+        # (a deferred check of the Jacobian moves to the scaled one: same non-finite rows)
+        inner_inputs._unchecked_jacobian = inputs._unchecked_jacobian and inner_inputs.jacobian is not None
+        inner = self.aggregator.compute_weights(inner_inputs)
+        inputs._unchecked_jacobian = inputs._unchecked_jacobian and inner_inputs._unchecked_jacobian
         return (inner.to(torch.float64) * scales.to(inner.device)).to(inner.dtype)
 
 

@@ -20,9 +20,9 @@ certified to be above that level, which a Cholesky factorisation decides cheaply
 (``1 / trace(G^{-1}) <= lambda_min``). Then:
 
 * **full rank** (``G_r = G``): the primal-dual active set of :mod:`~mtlagg.solvers.pdas` (a few
-  iterations, each one batched factorisation of the free blocks); a few small problems on the CPU
-  go first through the same method in numpy (:mod:`~mtlagg.solvers.small_dense`, which answers only
-  what it certifies);
+  iterations, each one batched factorisation of the free blocks); on the CPU, up to 64 tasks, the
+  same method runs first in numpy (:mod:`~mtlagg.solvers.numpy_pdas`, which answers only what it
+  certifies);
 * **rank r < T**: ``G_r = R^T R`` with ``R`` (``r x T``) from the eigendecomposition, and the
   Lawson-Hanson active set of :mod:`~mtlagg.solvers.nnls`, whose passive sets stay independent
   (at most ``r`` coordinates, positive definite blocks) however singular ``G_r`` is; its work grows
@@ -41,15 +41,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mtlagg.errors import SolverError
 
 from .nnls import lawson_hanson
+from .numpy_pdas import MAX_TASKS, solve_numpy
 from .pdas import FLIP, always_dense, primal_dual_active_set
 from .qp import _RIDGE, QP_TOLERANCE, _all_satisfy_kkt, _fallback, _satisfies_kkt
-from .small_dense import solve_small_dense
 
 #: ``G^{-1}`` is used in the active-set solves when ``1 / trace(G^{-1})`` (a lower bound on the smallest
 #: eigenvalue, relative to the largest diagonal entry) is above this.
@@ -126,24 +127,31 @@ def _solve_checked(
     shape = (gramian.shape[0],) * 2 if diagonal else weights.shape
     if initial_free is not None and initial_free.shape != shape:
         raise ValueError(f"initial_free must have shape {tuple(shape)}, got {tuple(initial_free.shape)}")
+    T = gramian.shape[0]
+    batch = T if diagonal else weights.shape[0]
+    if gramian.device.type == "cpu" and weights.device.type == "cpu" and T <= MAX_TASKS and batch > 0:
+        # On the CPU, numpy on the same memory (see mtlagg.solvers.numpy_pdas); it answers only
+        # when certain, and the torch path below decides otherwise.
+        start = None if initial_free is None else initial_free.detach().cpu().numpy()
+        x = solve_numpy(_float64_array(gramian), _float64_array(weights), diagonal, eps, start)
+        if x is not None:
+            return torch.from_numpy(x)
     # (no autograd bookkeeping in the solver: a few microseconds per operation at these sizes)
     with torch.inference_mode():
         x = _solve(gramian, weights, diagonal, eps, initial_free)
     return x.clone()  # (a normal tensor again, usable by autograd)
 
 
+def _float64_array(tensor: Tensor) -> np.ndarray:
+    """A float64 numpy copy of a CPU tensor (numpy has no bfloat16: those through torch)."""
+    tensor = tensor.detach()
+    if tensor.dtype in (torch.float32, torch.float64, torch.float16):
+        return tensor.numpy().astype(np.float64)
+    return tensor.to(torch.float64).numpy()
+
+
 def _solve(gramian: Tensor, weights: Tensor, diagonal: bool, eps: float, initial_free: Tensor | None) -> Tensor:
     T = gramian.shape[0]
-    batch = T if diagonal else weights.shape[0]
-    if gramian.device.type == "cpu" and weights.device.type == "cpu" and always_dense(batch, T):
-        # A few small problems: numpy on the same memory (see mtlagg.solvers.small_dense); it
-        # answers only when certain, and the torch path below decides otherwise.
-        start = None if initial_free is None else initial_free.detach().cpu().numpy()
-        G_np = gramian.detach().to(torch.float64).numpy()
-        U_np = weights.detach().to(torch.float64).numpy()
-        x = solve_small_dense(G_np, U_np, diagonal, eps, start)
-        if x is not None:
-            return torch.from_numpy(x)
     G = gramian.to(torch.float64)
     w = weights.to(device=G.device, dtype=torch.float64)
     # Scale to a unit largest diagonal entry (the minimiser does not change) and symmetrise.

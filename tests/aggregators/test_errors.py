@@ -207,3 +207,20 @@ def test_weights_need_the_gramian_and_log_loss_keeps_the_kind_of_aggregator() ->
     assert isinstance(LogLoss(UPGrad()), WeightedAggregator)
     assert not isinstance(LogLoss(TrimmedMean(1)), WeightedAggregator)
     assert isinstance(LogLoss(TrimmedMean(1)), LogLoss) and isinstance(SI(), LogLoss)
+
+
+def test_jacobian_checked_when_a_gramian_aggregator_never_forms_the_gramian() -> None:
+    """Aggregators of the Gramian check the Jacobian through the Gramian's diagonal; one whose
+    weights do not need the Gramian after all still gets the Jacobian checked before ``w^T J``."""
+    from mtlagg.aggregators import WeightedAggregator
+    from mtlagg.aggregators._base import AggregatorInput
+
+    class Uniform(WeightedAggregator):
+        def compute_weights(self, inputs: AggregatorInput) -> torch.Tensor:
+            return torch.full((inputs.num_tasks,), 1.0 / inputs.num_tasks, dtype=torch.float64)
+
+    J = torch.randn(4, 6, dtype=torch.float64)
+    J[2, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"the Jacobian holds NaN or Inf in the rows of tasks \[2\]"):
+        Uniform()(J)
+    assert torch.isfinite(Uniform()(torch.randn(4, 6))).all()

@@ -346,7 +346,7 @@ def test_dual_cone_matches_quadprog_on_full_rank_problems(
     if not numpy_path:
         from mtlagg.solvers import dual_cone
 
-        monkeypatch.setattr(dual_cone, "solve_small_dense", lambda *args: None)
+        monkeypatch.setattr(dual_cone, "solve_numpy", lambda *args: None)
     g = torch.Generator().manual_seed(T + n)
     J = conflicting(T, n, g) if kind == "conflicting" else torch.randn(T, n, generator=g, dtype=torch.float64)
     G = J @ J.T
@@ -534,28 +534,28 @@ def test_numpy_fast_path_equals_the_torch_solver(T: int, B: int, monkeypatch: py
     """The numpy path for few small problems gives the torch solver's answers (cold and warm
     starts, diagonal weights too), and it is the path taken on the CPU at these sizes."""
     from mtlagg.solvers import dual_cone
-    from mtlagg.solvers.small_dense import solve_small_dense
+    from mtlagg.solvers.numpy_pdas import solve_numpy
 
     g = torch.Generator().manual_seed(10 * T + B)
     for trial in range(4):
         J = conflicting(T, 3 * T + 2, g) if trial % 2 else torch.randn(T, 2 * T + 1, generator=g, dtype=torch.float64)
         G = J @ J.T
         U = torch.rand(B, T, generator=g, dtype=torch.float64) * (torch.rand(B, T, generator=g) < 0.5)
-        fast = solve_small_dense(numpy(G), numpy(U), False, 2.2e-16)
+        fast = solve_numpy(numpy(G), numpy(U), False, 2.2e-16)
         assert fast is not None
-        warm = solve_small_dense(numpy(G), numpy(U), False, 2.2e-16, np.ones((B, T), dtype=bool))
+        warm = solve_numpy(numpy(G), numpy(U), False, 2.2e-16, np.ones((B, T), dtype=bool))
         scales = torch.rand(T, generator=g, dtype=torch.float64)
-        fast_diagonal = solve_small_dense(numpy(G), numpy(scales), True, 2.2e-16)
+        fast_diagonal = solve_numpy(numpy(G), numpy(scales), True, 2.2e-16)
         with monkeypatch.context() as patch:
-            patch.setattr(dual_cone, "solve_small_dense", lambda *args: None)
+            patch.setattr(dual_cone, "solve_numpy", lambda *args: None)
             slow = numpy(solve_dual_cone(G, U))
             slow_diagonal = numpy(solve_dual_cone_diagonal(G, scales))
         scale = 1 + np.abs(slow).max()
         assert np.abs(fast - slow).max() <= 1e-10 * scale and np.abs(warm - slow).max() <= 1e-10 * scale
         assert np.abs(fast_diagonal - slow_diagonal).max() <= 1e-10 * (1 + np.abs(slow_diagonal).max())
     calls: list[int] = []
-    original = dual_cone.solve_small_dense
-    monkeypatch.setattr(dual_cone, "solve_small_dense", lambda *args: calls.append(1) or original(*args))
+    original = dual_cone.solve_numpy
+    monkeypatch.setattr(dual_cone, "solve_numpy", lambda *args: calls.append(1) or original(*args))
     solve_dual_cone(G, U)
     assert calls == [1]
 
@@ -563,18 +563,18 @@ def test_numpy_fast_path_equals_the_torch_solver(T: int, B: int, monkeypatch: py
 def test_numpy_fast_path_declines_what_it_cannot_certify() -> None:
     """Rank-deficient, non-finite, zero and indefinite Gramians: ``None``, for the torch solver to
     handle (truncation, errors); the combined answer is still right (checked elsewhere)."""
-    from mtlagg.solvers.small_dense import solve_small_dense
+    from mtlagg.solvers.numpy_pdas import solve_numpy
 
     g = torch.Generator().manual_seed(5)
     J = of_rank(6, 20, 3, g)
     U = np.full((1, 6), 1 / 6)
-    assert solve_small_dense(numpy(J @ J.T), U, False, 2.2e-16) is None
-    assert solve_small_dense(numpy((J @ J.T).float().double()), U, False, 1.2e-7) is None
+    assert solve_numpy(numpy(J @ J.T), U, False, 2.2e-16) is None
+    assert solve_numpy(numpy((J @ J.T).float().double()), U, False, 1.2e-7) is None
     bad = numpy(torch.eye(6, dtype=torch.float64))
     bad[2, 2] = np.nan
-    assert solve_small_dense(bad, U, False, 2.2e-16) is None
-    assert solve_small_dense(np.zeros((6, 6)), U, False, 2.2e-16) is None
-    assert solve_small_dense(np.diag([1.0, -1.0, 1.0, 1.0, 1.0, 1.0]), U, False, 2.2e-16) is None
+    assert solve_numpy(bad, U, False, 2.2e-16) is None
+    assert solve_numpy(np.zeros((6, 6)), U, False, 2.2e-16) is None
+    assert solve_numpy(np.diag([1.0, -1.0, 1.0, 1.0, 1.0, 1.0]), U, False, 2.2e-16) is None
     with pytest.raises(SolverError):
         solve_dual_cone(torch.from_numpy(bad), torch.from_numpy(U))
 
