@@ -64,9 +64,10 @@ class UPGrad(WeightedAggregator):
         start = None
         if self.warm_start and self._free is not None and self._free.shape == (T, T):
             start = self._free.to(gramian.device)
+        if not self.warm_start:
+            return solve_dual_cone_diagonal(gramian, pref, summed=True).to(output_dtype(gramian))
         x = solve_dual_cone_diagonal(gramian, pref, initial_free=start)
-        if self.warm_start:
-            self._free = x > 0
+        self._free = x > 0
         return (x.sum(dim=0) + pref).to(output_dtype(gramian))
 
     # -- state (only with warm_start=True) -----------------------------------------------------------

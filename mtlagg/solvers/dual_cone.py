@@ -101,14 +101,16 @@ def solve_dual_cone_diagonal(
     *,
     eps: float | None = None,
     initial_free: Tensor | None = None,
+    summed: bool = False,
 ) -> Tensor:
     """:func:`solve_dual_cone` for ``weights = diag(scales)`` (the ``T`` problems of UPGrad,
     ``u = p_k e_k``), without forming the diagonal matrix: row ``k`` of the ``(T, T)`` answer is
-    the ``x`` of ``u = scales_k e_k``."""
+    the ``x`` of ``u = scales_k e_k``. ``summed=True`` returns ``sum_k v_k = scales + sum_k x_k``
+    instead (UPGrad's weights, ``(T,)``), summed where the problems were solved."""
     T = _check_gramian(gramian)
     if scales.shape != (T,):
         raise ValueError(f"scales must have shape ({T},), got {tuple(scales.shape)}")
-    return _solve_checked(gramian, scales, True, eps, initial_free)
+    return _solve_checked(gramian, scales, True, eps, initial_free, summed)
 
 
 def _check_gramian(gramian: Tensor) -> int:
@@ -120,7 +122,12 @@ def _check_gramian(gramian: Tensor) -> int:
 
 
 def _solve_checked(
-    gramian: Tensor, weights: Tensor, diagonal: bool, eps: float | None, initial_free: Tensor | None
+    gramian: Tensor,
+    weights: Tensor,
+    diagonal: bool,
+    eps: float | None,
+    initial_free: Tensor | None,
+    summed: bool = False,
 ) -> Tensor:
     if eps is None:
         eps = torch.finfo(gramian.dtype).eps
@@ -133,13 +140,15 @@ def _solve_checked(
         # On the CPU, numpy on the same memory (see mtlagg.solvers.numpy_pdas); it answers only
         # when certain, and the torch path below decides otherwise.
         start = None if initial_free is None else initial_free.detach().cpu().numpy()
-        x = solve_numpy(_float64_array(gramian), _float64_array(weights), diagonal, eps, start)
+        u = _float64_array(weights)
+        x = solve_numpy(_float64_array(gramian), u, diagonal, eps, start)
         if x is not None:
-            return torch.from_numpy(x)
+            return torch.from_numpy(u + x.sum(axis=0) if summed else x)
     # (no autograd bookkeeping in the solver: a few microseconds per operation at these sizes)
     with torch.inference_mode():
         x = _solve(gramian, weights, diagonal, eps, initial_free)
-    return x.clone()  # (a normal tensor again, usable by autograd)
+    x = x.clone()  # (a normal tensor again, usable by autograd)
+    return x.sum(dim=0) + weights.to(x) if summed else x
 
 
 def _float64_array(tensor: Tensor) -> np.ndarray:

@@ -523,6 +523,8 @@ def test_dual_cone_diagonal_matches_the_general_form(T: int, n: int, rank: int |
     if T > 1:
         start = torch.ones(T, T, dtype=torch.bool)
         assert torch.allclose(solve_dual_cone_diagonal(G, scales, initial_free=start), X, atol=1e-10, rtol=0)
+    summed = solve_dual_cone_diagonal(G, scales, summed=True)
+    assert summed.shape == (T,) and torch.allclose(summed, scales + X.sum(dim=0), atol=1e-12, rtol=0)
     with pytest.raises(ValueError, match=r"scales must have shape"):
         solve_dual_cone_diagonal(G, torch.diag(scales))
     with pytest.raises(ValueError, match=r"initial_free must have shape"):
