@@ -80,10 +80,12 @@ def _active_set(G: np.ndarray, C: np.ndarray, free: np.ndarray) -> np.ndarray | 
     """The primal-dual iterations on gathered blocks; ``None`` if a problem has not settled."""
     B, T = C.shape
     width = 2 * T  # [0, T): rows of G; [T, 2T): dummies (identity, zero right-hand side)
-    source = np.zeros((width, width))
-    source[:T, :T] = G
-    source[T:, T:] = np.eye(T)
-    source = source.ravel()
+    source = np.zeros(0)
+    if not always_dense(B, T):  # (batches only shrink: a dense start stays dense)
+        source = np.zeros((width, width))
+        source[:T, :T] = G
+        source[T:, T:] = np.eye(T)
+        source = source.ravel()
     positions = np.arange(T)
     dummies = positions + T
     eye = np.eye(T)

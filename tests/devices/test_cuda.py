@@ -21,8 +21,8 @@ from mtlagg.solvers import solve_dual_cone, solve_dual_cone_diagonal
 from ..aggregators._matrices import conflicting, positive_losses, sample
 from ..aggregators._specs import SPEC_IDS, SPECS, Spec
 from ..core.models import flat_grad, mlp_model, mse_losses
-from ..stateful._toys import make_model, toy_batch
-from ..stateful._toys import mse_losses as toy_losses
+from ..stateful._toys import make_model, train_single_batch
+from ..stateful.test_api import SINGLE_BATCH
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -106,10 +106,6 @@ def _fixed() -> torch.Generator:
     return torch.Generator().manual_seed(3)
 
 
-SINGLE_BATCH = ["uw", "dwa", "gls", "imtll", "imtl", "famo", "go4align", "gradnorm", "gradvac", "moco", "dbmtl",
-                "excessmtl", "pcd", "crmogm", "pivrg"]  # fmt: skip
-
-
 #: Methods whose small sequential ``T x T`` loops (and their memory) live on the CPU by design.
 HOST_STATE = {"gradvac", "pcd"}
 
@@ -121,20 +117,8 @@ def test_stateful_methods_train_on_a_gpu_like_on_the_cpu(name: str) -> None:
     results = []
     for device in (torch.device("cpu"), GPU):
         model = make_model(0).to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
         aggregator = lookup(name)()
-        generator = torch.Generator().manual_seed(0)
-        for step in range(3):
-            x, targets = toy_batch(generator)
-            batch = (x.to(device), [t.to(device) for t in targets])
-            optimizer.zero_grad()
-            mtlagg.backward(toy_losses(model, batch), model.trunk.named_parameters(), aggregator)
-            optimizer.step()
-            if name == "famo":
-                with torch.no_grad():
-                    aggregator.update(toy_losses(model, batch))
-            if name == "dwa" and step % 2 == 1:
-                aggregator.end_epoch()
+        train_single_batch(model, aggregator, name, steps=3, device=device)
         state = aggregator.state_dict()
         home = "cpu" if name in HOST_STATE else device.type
         for value in _tensors(state):

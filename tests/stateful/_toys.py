@@ -59,3 +59,23 @@ def snapshot(model: nn.Module) -> list[Tensor]:
 
 def backward_step(model: ToyNet, aggregator, batch, **kwargs):
     return mtlagg.backward(mse_losses(model, batch), model.trunk.named_parameters(), aggregator, **kwargs)
+
+
+def train_single_batch(model: ToyNet, aggregator, name: str, steps: int, device: torch.device | None = None):
+    """``steps`` SGD steps of the one-line use (FAMO's extra update, DWA's epoch ends included);
+    the batches drawn on the CPU and moved to ``device``. Returns the last ``backward`` result."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    generator = torch.Generator().manual_seed(0)
+    result = None
+    for step in range(steps):
+        x, targets = toy_batch(generator)
+        batch = (x, targets) if device is None else (x.to(device), [t.to(device) for t in targets])
+        optimizer.zero_grad()
+        result = mtlagg.backward(mse_losses(model, batch), model.trunk.named_parameters(), aggregator)
+        optimizer.step()
+        if name == "famo":
+            with torch.no_grad():
+                aggregator.update(mse_losses(model, batch))
+        if name == "dwa" and step % 2 == 1:
+            aggregator.end_epoch()
+    return result

@@ -24,7 +24,7 @@ from mtlagg.aggregators import (
 )
 from mtlagg.bilevel import FORUM, MOML, AutoLambda
 
-from ._toys import make_model, mse_losses, toy_batch
+from ._toys import make_model, mse_losses, toy_batch, train_single_batch
 
 NAMES = [
     "uw", "dwa", "gls", "imtll", "imtl", "famo", "stch", "go4align",
@@ -56,21 +56,7 @@ SINGLE_BATCH = ["uw", "dwa", "gls", "imtll", "imtl", "famo", "go4align", "gradno
 @pytest.mark.parametrize("name", SINGLE_BATCH)
 def test_one_line_use_in_a_training_loop(name):
     model = make_model(0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    aggregator = lookup(name)()
-    generator = torch.Generator().manual_seed(0)
-    first = None
-    for step in range(4):
-        batch = toy_batch(generator)
-        optimizer.zero_grad()
-        result = mtlagg.backward(mse_losses(model, batch), model.trunk.named_parameters(), aggregator)
-        optimizer.step()
-        if name == "famo":
-            with torch.no_grad():
-                aggregator.update(mse_losses(model, batch))
-        if name == "dwa" and step % 2 == 1:
-            aggregator.end_epoch()
-        first = result if first is None else first
+    result = train_single_batch(model, lookup(name)(), name, steps=4)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert torch.isfinite(result.losses).all()
 
