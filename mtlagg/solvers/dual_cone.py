@@ -21,8 +21,8 @@ certified to be above that level, which a Cholesky factorisation decides cheaply
 
 * **full rank** (``G_r = G``): the primal-dual active set of :mod:`~mtlagg.solvers.pdas` (a few
   iterations, each one batched factorisation of the free blocks); on the CPU, up to 64 tasks, the
-  same method runs first in numpy (:mod:`~mtlagg.solvers.numpy_pdas`, which answers only what it
-  certifies);
+  same method runs first in numpy (:mod:`~mtlagg.solvers.numpy_pdas`, its iterations compiled by
+  numba when installed; it answers only what it certifies);
 * **rank r < T**: ``G_r = R^T R`` with ``R`` (``r x T``) from the eigendecomposition, and the
   Lawson-Hanson active set of :mod:`~mtlagg.solvers.nnls`, whose passive sets stay independent
   (at most ``r`` coordinates, positive definite blocks) however singular ``G_r`` is; its work grows

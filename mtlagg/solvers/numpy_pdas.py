@@ -17,12 +17,17 @@ as in :mod:`~mtlagg.solvers.dual_cone` (a Cholesky factorisation and ``1 / trace
 problem must settle within :data:`MAX_ITERATIONS`, and the answer must pass the same KKT check;
 otherwise it returns ``None`` and the caller runs the torch solver, which handles the
 rank-deficient, cycling and non-finite cases (and raises where it must).
+
+With numba installed, the iterations run in its compiled kernel instead
+(:mod:`~mtlagg.solvers.compiled`; the set-up, certification and KKT check stay here): 7-8 x
+faster than the batched numpy iterations at ``T = 40``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .compiled import pdas_kernel
 from .pdas import FLIP, always_dense
 from .qp import QP_TOLERANCE
 
@@ -64,9 +69,15 @@ def solve_numpy(
         else:
             # (the torch solver's guess: also positive with every coordinate free but u's support)
             free = descent & ((inverse if diagonal else U @ inverse) > 0)
-        x = _active_set(G, C, free)
-        if x is None:
-            return None
+        kernel = pdas_kernel()
+        if kernel is not None:
+            x, settled = kernel(G, C, np.ascontiguousarray(free), MAX_ITERATIONS)
+            if not settled.all():
+                return None
+        else:
+            x = _active_set(G, C, free)
+            if x is None:
+                return None
         x = np.maximum(x, 0.0)
         gradient = x @ G + C
         violation = float(np.maximum(-gradient, np.abs(x * gradient)).max())

@@ -32,6 +32,20 @@ from ._oracles import (
 )
 
 
+def _select_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dual-cone projections on the CPU through the numba kernel, the numpy iterations, or the
+    torch solver alone (the numpy path declined)."""
+    from mtlagg.solvers import compiled, dual_cone
+
+    if path == "numba":
+        pytest.importorskip("numba")
+        monkeypatch.setattr(compiled, "_setting", True)
+    else:
+        monkeypatch.setattr(compiled, "_setting", False)
+    if path == "torch-only":
+        monkeypatch.setattr(dual_cone, "solve_numpy", lambda *args: None)
+
+
 def _gramian(T: int, n: int, g: torch.Generator) -> torch.Tensor:
     J = torch.randn(T, n, generator=g, dtype=torch.float64)
     return J @ J.T
@@ -339,14 +353,11 @@ def _primal_projection(J: np.ndarray, target: np.ndarray) -> np.ndarray:
         (96, 300, "conflicting"),
     ],
 )
-@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy-fast-path", "torch-only"])
+@pytest.mark.parametrize("path", ["numba", "numpy", "torch-only"])
 def test_dual_cone_matches_quadprog_on_full_rank_problems(
-    T: int, n: int, kind: str, numpy_path: bool, monkeypatch: pytest.MonkeyPatch
+    T: int, n: int, kind: str, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not numpy_path:
-        from mtlagg.solvers import dual_cone
-
-        monkeypatch.setattr(dual_cone, "solve_numpy", lambda *args: None)
+    _select_path(path, monkeypatch)
     g = torch.Generator().manual_seed(T + n)
     J = conflicting(T, n, g) if kind == "conflicting" else torch.randn(T, n, generator=g, dtype=torch.float64)
     G = J @ J.T
@@ -531,12 +542,19 @@ def test_dual_cone_diagonal_matches_the_general_form(T: int, n: int, rank: int |
         solve_dual_cone_diagonal(G, scales, initial_free=torch.ones(T + 1, T, dtype=torch.bool))
 
 
-@pytest.mark.parametrize(("T", "B"), [(1, 1), (2, 2), (5, 5), (10, 10), (16, 16), (40, 1), (40, 7), (12, 300)])
-def test_numpy_fast_path_equals_the_torch_solver(T: int, B: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The numpy path for few small problems gives the torch solver's answers (cold and warm
+@pytest.mark.parametrize(
+    ("T", "B"), [(1, 1), (2, 2), (5, 5), (10, 10), (16, 16), (40, 1), (40, 7), (40, 40), (12, 300)]
+)
+@pytest.mark.parametrize("path", ["numba", "numpy"])
+def test_numpy_fast_path_equals_the_torch_solver(T: int, B: int, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU path (numpy, or its numba kernel) gives the torch solver's answers (cold and warm
     starts, diagonal weights too), and it is the path taken on the CPU at these sizes."""
-    from mtlagg.solvers import dual_cone
+    from mtlagg.solvers import dual_cone, numpy_pdas
     from mtlagg.solvers.numpy_pdas import solve_numpy
+
+    _select_path(path, monkeypatch)
+    if path == "numba":  # (the kernel answers, not the numpy iterations)
+        monkeypatch.setattr(numpy_pdas, "_active_set", lambda *args: pytest.fail("the numpy iterations ran"))
 
     g = torch.Generator().manual_seed(10 * T + B)
     for trial in range(4):
