@@ -45,6 +45,7 @@ from mtlagg.aggregators import (
     UPGrad,
     set_solver_device,
 )
+from mtlagg.solvers import numba_enabled
 
 Factory = Callable[[int], Callable[[Tensor], Tensor]]
 
@@ -240,6 +241,15 @@ def format_table(rows: Sequence[Row], n: int) -> str:
     return "\n".join(lines)
 
 
+def _kernel_description() -> str:
+    """Which iterations mtlagg's dual-cone projections run on the CPU (see mtlagg.solvers.compiled)."""
+    if not numba_enabled():
+        return "dual-cone iterations in numpy (numba not in use)"
+    import numba
+
+    return f"dual-cone iterations compiled by numba {numba.__version__}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[40, 10], help="numbers of tasks (default 40 10)")
@@ -273,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     where = torch.cuda.get_device_name(args.device) if clock == "cuda" else "CPU"
     print(
         f"torch {torch.__version__}, {where}, {torch.get_num_threads()} thread(s), "
-        f"TorchJD {version or 'not installed'}, "
+        f"TorchJD {version or 'not installed'}, {_kernel_description()}, "
         f"{args.repeats} interleaved repetitions, medians of {clock} time"
         + (f", mtlagg's T x T solves on the {args.solver_device} device" if clock == "cuda" else "")
     )

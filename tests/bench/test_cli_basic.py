@@ -50,3 +50,23 @@ def test_speed_engine_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["speed", "--tasks", "2", "--repetitions", "1", "--no-memory"]) == 0
     out = capsys.readouterr().out
     assert "| 2 | mtlagg UPGrad (exact) |" in out and "| 2 | torchjd mtl_backward + jac_to_grad(UPGrad) |" in out
+
+
+@pytest.mark.parametrize("numba", [None, False])
+def test_speed_aggregators_table(
+    numba: bool | None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The aggregator table on a tiny matrix: a row per method with both timings and the cosine of
+    the directions, and a header that says which dual-cone iterations ran."""
+    from benchmarks import speed_aggregators
+    from mtlagg.solvers import compiled
+
+    monkeypatch.setattr(compiled, "_setting", numba)
+    speed_aggregators.main(["--tasks", "4", "--n", "30", "--repeats", "1", "--warmup", "0", "--only", "UPGrad", "MGDA"])
+    out = capsys.readouterr().out
+    kernel = "compiled by numba" if numba is None and compiled.pdas_kernel() is not None else "in numpy"
+    assert f"dual-cone iterations {kernel}" in out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"method", "UPGrad", "MGDA"}
+    ours, theirs, ratio, cosine = (cell.strip() for cell in rows["UPGrad"])
+    assert float(ours) > 0 and float(theirs) > 0 and float(ratio) > 0 and float(cosine) > 0.999
