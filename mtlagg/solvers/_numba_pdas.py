@@ -14,17 +14,17 @@ import math
 import numba
 import numpy as np
 
-from .pdas import FLIP
-
 
 @numba.njit(cache=True)
 def primal_dual_active_set(
-    G: np.ndarray, C: np.ndarray, free0: np.ndarray, max_iterations: int
+    G: np.ndarray, C: np.ndarray, free0: np.ndarray, max_iterations: int, flip: float
 ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled (run through the tests)
     """``x`` (``(B, T)``) of :math:`\\min_{x \\ge 0} \\tfrac12 x^\\top G x + c_b^\\top x` for every
     row ``c_b`` of ``C``, from the starting free sets ``free0``, and which problems settled (a
     problem that has not settled, or whose block is not numerically positive definite, is
-    ``False``: the caller declines it). ``G`` must be scaled to a unit largest diagonal entry."""
+    ``False``: the caller declines it). ``G`` must be scaled to a unit largest diagonal entry;
+    ``flip`` is the sign threshold (:data:`~mtlagg.solvers.pdas.FLIP`: an argument, not a global,
+    so that numba's on-disk cache, keyed on this file, cannot keep a stale value)."""
     B, T = C.shape
     X = np.zeros((B, T))
     settled = np.zeros(B, dtype=np.bool_)
@@ -78,16 +78,16 @@ def primal_dual_active_set(
                 X[b, i] = 0.0
             for p in range(size):
                 X[b, index[p]] = y[p]
-            # Free coordinates stay while x > -FLIP, fixed ones enter when the gradient is below -FLIP.
+            # Free coordinates stay while x > -flip, fixed ones enter when the gradient is below -flip.
             changed = False
             for i in range(T):
                 if free[i]:
-                    stays = X[b, i] > -FLIP
+                    stays = X[b, i] > -flip
                 else:
                     gradient = C[b, i]
                     for p in range(size):
                         gradient += G[i, index[p]] * y[p]
-                    stays = gradient < -FLIP
+                    stays = gradient < -flip
                 if stays != free[i]:
                     changed = True
                     free[i] = stays

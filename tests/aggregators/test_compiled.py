@@ -84,6 +84,7 @@ def _has_numba() -> bool:
 def test_kernel_reports_unsettled_and_indefinite_problems() -> None:
     pytest.importorskip("numba")
     from mtlagg.solvers._numba_pdas import primal_dual_active_set
+    from mtlagg.solvers.pdas import FLIP
 
     rng = np.random.default_rng(0)
     J = rng.standard_normal((12, 30))
@@ -91,14 +92,14 @@ def test_kernel_reports_unsettled_and_indefinite_problems() -> None:
     G /= G.diagonal().max()
     C = -np.abs(rng.standard_normal((5, 12))) * 0.1
     free = np.zeros((5, 12), dtype=bool)
-    X, settled = primal_dual_active_set(G, C, free, 25)
+    X, settled = primal_dual_active_set(G, C, free, 25, FLIP)
     assert settled.all()
     gradient = X @ G + C
     assert (X >= -1e-13).all() and (gradient >= -1e-10).all() and np.abs(X * gradient).max() <= 1e-10
     # one iteration from x = 0 (with descent directions) cannot settle
-    _, settled = primal_dual_active_set(G, C, free, 1)
+    _, settled = primal_dual_active_set(G, C, free, 1, FLIP)
     assert not settled.any()
     # a block that is not positive definite: declined, whatever the iterations
     indefinite = np.diag([1.0, -1.0, 1.0])
-    _, settled = primal_dual_active_set(indefinite, np.full((1, 3), -0.5), np.ones((1, 3), dtype=bool), 25)
+    _, settled = primal_dual_active_set(indefinite, np.full((1, 3), -0.5), np.ones((1, 3), dtype=bool), 25, FLIP)
     assert not settled.any()
