@@ -346,58 +346,10 @@ class Trainer:
     # -- training -------------------------------------------------------------------------------
     def _batch_source(self) -> Callable[[], Any]:
         """A fresh ``next batch`` function for one epoch (multi-input: one batch per task, cycled)."""
-        if isinstance(self.train_loaders, Mapping):
-            iters: dict[str, Iterator[Any]] = {t: iter(dl) for t, dl in self.train_loaders.items()}
-
-            def next_multi() -> dict[str, Any]:
-                batch = {}
-                for t, dl in self.train_loaders.items():
-                    try:
-                        batch[t] = next(iters[t])
-                    except StopIteration:
-                        iters[t] = iter(dl)
-                        batch[t] = next(iters[t])
-                return batch
-
-            return next_multi
-        state = {"it": iter(self.train_loaders)}
-
-        def next_single() -> Any:  # restarts when a step needs more batches than one pass holds
-            try:
-                return next(state["it"])
-            except StopIteration:
-                state["it"] = iter(self.train_loaders)
-                return next(state["it"])
-
-        return next_single
+        return _cycling_source(self.train_loaders)
 
     def _outer_source(self) -> Callable[[], Any] | None:
-        if self.outer_loader is None:
-            return None
-        if isinstance(self.outer_loader, Mapping):
-            iters = {t: iter(dl) for t, dl in self.outer_loader.items()}
-
-            def next_multi() -> dict[str, Any]:
-                batch = {}
-                for t, dl in self.outer_loader.items():  # type: ignore[union-attr]
-                    try:
-                        batch[t] = next(iters[t])
-                    except StopIteration:
-                        iters[t] = iter(dl)
-                        batch[t] = next(iters[t])
-                return batch
-
-            return next_multi
-        state = {"it": iter(self.outer_loader)}
-
-        def next_single() -> Any:
-            try:
-                return next(state["it"])
-            except StopIteration:
-                state["it"] = iter(self.outer_loader)  # type: ignore[arg-type]
-                return next(state["it"])
-
-        return next_single
+        return None if self.outer_loader is None else _cycling_source(self.outer_loader)
 
     def train_epoch(self, progress: Progress, epoch: int) -> dict[str, Any]:
         self.model.train()
@@ -580,3 +532,32 @@ def _truncate_lines(path: Path, keep: int) -> None:
 def train(config: RunConfig, **kwargs: Any) -> dict[str, Any] | None:
     """``Trainer(config, **kwargs).run()``."""
     return Trainer(config, **kwargs).run()
+
+
+def _cycling_source(loaders: Any) -> Callable[[], Any]:
+    """A ``next batch`` function over a loader, or a mapping of task -> loader (one batch per task),
+    restarting a loader when a step needs more batches than one pass holds."""
+    if isinstance(loaders, Mapping):
+        iters: dict[str, Iterator[Any]] = {t: iter(dl) for t, dl in loaders.items()}
+
+        def next_multi() -> dict[str, Any]:
+            batch = {}
+            for t, dl in loaders.items():
+                try:
+                    batch[t] = next(iters[t])
+                except StopIteration:
+                    iters[t] = iter(dl)
+                    batch[t] = next(iters[t])
+            return batch
+
+        return next_multi
+    state = {"it": iter(loaders)}
+
+    def next_single() -> Any:
+        try:
+            return next(state["it"])
+        except StopIteration:
+            state["it"] = iter(loaders)
+            return next(state["it"])
+
+    return next_single

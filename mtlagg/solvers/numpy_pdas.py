@@ -71,7 +71,7 @@ def solve_numpy(
             free = descent & ((inverse if diagonal else U @ inverse) > 0)
         kernel = pdas_kernel()
         if kernel is not None:
-            x, settled = kernel(G, C, np.ascontiguousarray(free), MAX_ITERATIONS, FLIP)
+            x, settled = kernel(G, C, free, MAX_ITERATIONS, FLIP)
             if not settled.all():
                 return None
         else:
